@@ -1,0 +1,313 @@
+"""Console scripts: each ``main`` parses arguments, calls the library and exits."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+log = logging.getLogger("research")
+
+EPILOG_OVERRIDES = """\
+overrides: any config key as key=value or --key=value (the form `wandb agent` passes), e.g.
+  optim.lr=3e-4 train.epochs=5 data.root=../data/dataset_emociones augment.preset=strong
+  model.pretrained_file=weights.pth wandb.mode=offline run.name=my-run
+"""
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("PIL", "matplotlib", "urllib3", "wandb", "git", "h5py", "timm"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def run_main(fn: Callable[[], int | None]) -> None:
+    """Run a command; user errors become one clear line and exit code 2, Ctrl-C exits 130."""
+    from research.config import ConfigError
+    from research.data.classes import UnknownClassError
+    from research.data.datasets import DatasetLayoutError
+    from research.data.download import DownloadError
+    from research.data.images import ImageDecodeError
+    from research.engine.trainer import NonFiniteLossError
+    from research.models.backbones import PretrainedWeightsError
+    from research.tracking.runs import RunFolderError
+
+    user_errors = (
+        ConfigError, UnknownClassError, DatasetLayoutError, DownloadError, ImageDecodeError,
+        NonFiniteLossError, PretrainedWeightsError, RunFolderError, FileNotFoundError, FileExistsError, KeyError,
+    )
+    try:
+        sys.exit(fn() or 0)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        sys.exit(130)
+    except user_errors as err:
+        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+        log.error("%s", message)
+        sys.exit(2)
+
+
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+# --- train ------------------------------------------------------------------------------
+def train_parser() -> argparse.ArgumentParser:
+    from research.config import list_presets
+
+    parser = argparse.ArgumentParser(
+        prog="train",
+        description="Train one model and write a run folder (runs/<id>/: config, history, summary, "
+        "checkpoints, figures, classification report), logged to W&B (online, offline or disabled).",
+        epilog=EPILOG_OVERRIDES
+        + f"\npresets: {', '.join(list_presets())}\n\nexamples:\n"
+        "  poetry run train --config scratch_cnn data.root=demo train.epochs=3\n"
+        "  poetry run train --config resnet18 data.root=data/dataset_emociones optim.lr=1e-4\n"
+        "  poetry run train run.resume=runs/scratch_cnn-20260101-120000   # continue an interrupted run",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", "-c", help="preset name (research/configs/NAME.yaml) or a YAML file")
+    parser.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    _add_verbose(parser)
+    return parser
+
+
+def resolve_train_config(preset: str | None, overrides: Sequence[str]):
+    """Preset + overrides; with ``run.resume`` the resumed run's own config is the base."""
+    from research.config import load_config, load_saved_config, parse_overrides, with_overrides
+    from research.tracking.runs import RunFolder
+
+    items = parse_overrides(overrides)
+    resume = next((i.split("=", 1)[1] for i in items if i.startswith("run.resume=")), None)
+    if resume and resume not in ("null", "None"):
+        run = RunFolder.open(resume)
+        return with_overrides(load_saved_config(run.config_path), [*items, f"run.resume={run.path}"])
+    return load_config(preset, items)
+
+
+def train_main(argv: Sequence[str] | None = None) -> None:
+    parser = train_parser()
+    args, overrides = parser.parse_known_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.config import to_yaml
+        from research.models import list_models
+
+        if args.list_models:
+            print("\n".join([*list_models(), "timm/<any timm model name>"]))  # noqa: T201 (command output)
+            return 0
+        cfg = resolve_train_config(args.config, overrides)
+        if args.print_config:
+            print(to_yaml(cfg))  # noqa: T201
+            return 0
+        from research.train import train
+
+        command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
+        summary = train(cfg, command=command)
+        print(summary["run_dir"])  # noqa: T201 (the run folder, for scripts)
+        return 0
+
+    run_main(go)
+
+
+# --- fetch-data ---------------------------------------------------------------------------
+def fetch_data_main(argv: Sequence[str] | None = None) -> None:
+    from research.data.download import COURSE_DRIVE_ID, DEFAULT_DATA_DIR
+
+    parser = argparse.ArgumentParser(
+        prog="fetch-data",
+        description="Download the course dataset (a zip on Google Drive) with gdown, unpack it, find "
+        "dataset_emociones/train and dataset_emociones/validation, verify the class folders and print "
+        "images per class. Idempotent: does nothing when the dataset is already there.",
+        epilog="examples:\n  poetry run fetch-data\n  poetry run fetch-data --zip ~/Downloads/dataset_emociones.zip\n"
+        "then train with data.root=<the printed folder>",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where to put it (default: %(default)s)")
+    parser.add_argument("--zip", type=Path, help="use this zip already on disk instead of downloading")
+    parser.add_argument("--drive-id", default=COURSE_DRIVE_ID, help="Google Drive file id (default: the course zip)")
+    parser.add_argument("--force", action="store_true", help="download and unpack again")
+    _add_verbose(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.data.download import fetch_course_dataset, format_counts
+
+        root, counts = fetch_course_dataset(args.data_dir, zip_path=args.zip, drive_id=args.drive_id, force=args.force)
+        log.info("dataset ready at %s\n%s", root, format_counts(counts))
+        print(root)  # noqa: T201
+        return 0
+
+    run_main(go)
+
+
+# --- predict ------------------------------------------------------------------------------
+def predict_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="predict",
+        description="Score a folder of new photos with a trained run, raw and/or after a Haar-cascade "
+        "face crop, using the run's own eval preprocessing. Writes per-image panels (original with the "
+        "detection box, crop, model input, class scores), a sheet, predictions.json and, when file names "
+        "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped.",
+        epilog="example: poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("images", type=Path, help="folder of images (jpg/png/webp/bmp, any size)")
+    parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
+    parser.add_argument("--face", choices=("none", "haar", "both"), default="both", help="raw, face-cropped, or both (default)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    parser.add_argument("--no-fallback", action="store_true", help="skip images without a detected face instead of using the whole image")
+    parser.add_argument("--wandb", default=None, choices=("auto", "online", "offline", "disabled"), help="W&B mode for the prediction table (default: the run's)")
+    _add_verbose(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.predict import predict_cli
+
+        predict_cli(args.run, args.images, face=args.face, out=args.out, checkpoint=args.checkpoint,
+                    fallback=not args.no_fallback, wandb_mode=args.wandb)
+        return 0
+
+    run_main(go)
+
+
+# --- evaluate -------------------------------------------------------------------------------
+def evaluate_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="evaluate",
+        description="Score a trained run on any labelled image set: a folder of class subfolders, a dataset "
+        "root with split folders (--split), or a flat folder whose file names carry labels. Class folders in "
+        "Spanish or English map to the same emotions. Writes <run>/evaluations/<name>/ (metrics.json, "
+        "classification report, confusion matrices) and logs to W&B.",
+        epilog="examples:\n  poetry run evaluate --run runs/<id> data/fer2013 --split test\n"
+        "  poetry run evaluate --run runs/<id> ../shared/data/new-images --face haar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("data_dir", type=Path, help="labelled images")
+    parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
+    parser.add_argument("--split", help="split folder inside DATA_DIR (e.g. test, validation)")
+    parser.add_argument("--face", choices=("none", "haar"), default="none", help="Haar face crop first (default: none)")
+    parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/evaluations/<name>)")
+    parser.add_argument("--name", help="evaluation name (default: derived from DATA_DIR and options)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
+    parser.add_argument("--bad-files", choices=("error", "skip"), default="skip", help="undecodable files: stop or leave out (reported)")
+    parser.add_argument("--wandb", default=None, choices=("auto", "online", "offline", "disabled"))
+    _add_verbose(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.evaluate import evaluate_cli
+
+        evaluate_cli(args)
+        return 0
+
+    run_main(go)
+
+
+# --- report -------------------------------------------------------------------------------
+def report_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="report",
+        description="Write the markdown comparison of trained runs (tables, curves, confusion matrices, "
+        "classification reports, new-image predictions, evaluations, conclusions computed from the numbers).",
+        epilog="examples:\n  poetry run report\n  poetry run report --runs runs/study --out reports/results.md\n"
+        "  poetry run report --wandb my-entity/fer-research   # online: read runs from W&B",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs")], help="run folders or folders of runs (default: runs/)")
+    parser.add_argument("--out", type=Path, default=Path("reports/results.md"), help="markdown file (default: %(default)s)")
+    parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read finished runs from W&B instead (online only)")
+    parser.add_argument("--title", default="Facial-expression recognition: model comparison")
+    _add_verbose(parser)
+    args = parser.parse_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.report import report_cli
+
+        path = report_cli(args.runs, args.out, wandb_path=args.wandb, title=args.title)
+        print(path)  # noqa: T201
+        return 0
+
+    run_main(go)
+
+
+# --- sweep --------------------------------------------------------------------------------
+def sweep_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="sweep",
+        description="Run a W&B sweep YAML locally, offline, with W&B's own search engine (grid/random/bayes, "
+        "hyperband early termination). Each trial is a normal training run (an offline W&B run to sync later); "
+        "runs/sweeps/<sweep-id>/ gets trials.csv and best.json. Online, use `wandb sweep` + `wandb agent` instead.",
+        epilog="example: poetry run sweep sweeps/scratch_cnn.yaml --count 4 data.root=demo train.epochs=2",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("sweep_yaml", type=Path)
+    parser.add_argument("--count", type=int, default=8, help="maximum number of trials (default: %(default)s)")
+    parser.add_argument("--sweep-id", help="name of runs/sweeps/<id> (default: <yaml stem>-<time>)")
+    _add_verbose(parser)
+    args, overrides = parser.parse_known_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.sweep import run_local_sweep
+
+        result = run_local_sweep(args.sweep_yaml, count=args.count, overrides=overrides, sweep_id=args.sweep_id)
+        print(result.folder)  # noqa: T201
+        return 0
+
+    run_main(go)
+
+
+# --- pipeline -----------------------------------------------------------------------------
+def pipeline_main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="pipeline",
+        description="The whole study in one command: train each model, score the new images raw and "
+        "Haar-cropped, and write reports/results.md. --data demo runs offline on CPU in minutes with "
+        "generated faces (every number is labelled synthetic).",
+        epilog="examples:\n  poetry run pipeline --data demo\n"
+        "  poetry run pipeline --data-dir ../shared/data/emociones-dev --images ../shared/data/new-images --epochs 10",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--data", choices=("demo",), help="built-in synthetic demo data")
+    source.add_argument("--data-dir", type=Path, help="dataset folder with train/ and validation/")
+    parser.add_argument("--images", type=Path, help="folder of new photos (default with --data demo: generated ones)")
+    parser.add_argument("--models", default="scratch_cnn,resnet18,mobilenet_v3_small", help="comma-separated presets (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, help="epochs per model (default: 4 on demo data, else each preset's)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/study"), help="where the run folders go")
+    parser.add_argument("--out", type=Path, default=Path("reports/results.md"))
+    _add_verbose(parser)
+    args, overrides = parser.parse_known_args(argv)
+    setup_logging(args.verbose)
+
+    def go() -> int:
+        from research.pipeline import run_pipeline
+
+        result = run_pipeline(
+            data_dir=None if args.data_dir is None else str(args.data_dir), images=args.images,
+            models=[m.strip() for m in args.models.split(",") if m.strip()], epochs=args.epochs,
+            runs_dir=args.runs_dir, out=args.out, overrides=overrides,
+        )
+        print(result.report)  # noqa: T201
+        return 0 if result.ok else 1
+
+    run_main(go)

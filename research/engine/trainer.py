@@ -1,0 +1,339 @@
+"""The single trainer: one step and one metric path for training and validation.
+
+``Trainer.fit`` runs epochs of :meth:`Trainer.train_one_epoch` and :meth:`Trainer.evaluate`;
+both go through :meth:`Trainer.run_epoch`, which collects the logits of the whole epoch and
+computes every metric once over them (never averaged per batch).
+
+Reproducibility: every epoch reseeds torch, numpy, python, the sampler and the
+augmentation pipeline from ``(seed, epoch)``. An epoch therefore does not depend on how
+the run got there, which is what makes a resumed run equal an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from research.engine.metrics import compute_metrics
+from research.models.classifier import FERClassifier
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message says where and what to try."""
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seed python, numpy and torch (CPU and CUDA); optionally force deterministic kernels."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: seed numpy/python and the albumentations pipeline per worker."""
+    worker_seed = torch.initial_seed() % 2**32
+    random.seed(worker_seed)
+    np.random.seed(worker_seed)
+    info = torch.utils.data.get_worker_info()
+    transform = getattr(info.dataset, "transform", None) if info else None
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(worker_seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7_919) % 2**31
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; an unavailable CUDA request is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
+    return device
+
+
+def is_interactive() -> bool:
+    return sys.stderr.isatty()
+
+
+@dataclass
+class EpochOutput:
+    """Metrics of one pass plus the raw predictions they were computed from."""
+
+    metrics: dict[str, float]
+    logits: np.ndarray  # (N, C)
+    targets: np.ndarray  # (N,)
+    seconds: float
+    images: int
+
+
+@dataclass
+class TrainerState:
+    epoch: int = 0  # completed epochs
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float | None = None
+    best_epoch: int = 0
+    bad_epochs: int = 0
+    train_seconds: float = 0.0
+    train_images: int = 0
+    stopped_by: str | None = None  # "early_stopping" | "callback" when the run ended before `epochs`
+
+
+class Trainer:
+    """Trains a :class:`FERClassifier`; checkpoints best/last; early stopping on ``monitor``."""
+
+    def __init__(
+        self,
+        model: FERClassifier,
+        *,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: nn.Module,
+        device: torch.device,
+        epochs: int,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+        scheduler_interval: str = "step",
+        grad_clip: float = 0.0,
+        amp: bool = True,
+        channels_last: bool = True,
+        monitor: str = "val/macro_f1",
+        patience: int = 0,
+        unfreeze_epoch: int = 0,
+        seed: int = 0,
+        checkpoint_fn: Callable[[str, dict[str, Any]], None] | None = None,
+        on_epoch_end: Callable[[dict[str, float], EpochOutput], bool | None] | None = None,
+        progress: bool | None = None,
+    ) -> None:
+        self.device = device
+        self.model = model.to(device)
+        self.cuda = device.type == "cuda"
+        self.channels_last = channels_last and self.cuda
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.loss_fn = loss_fn.to(device)
+        self.epochs = epochs
+        self.grad_clip = grad_clip
+        self.amp_dtype = None
+        if amp and self.cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.monitor = monitor
+        self.minimize = monitor.endswith("loss")
+        self.patience = patience
+        self.unfreeze_epoch = unfreeze_epoch
+        self.seed = seed
+        self.checkpoint_fn = checkpoint_fn
+        self.on_epoch_end = on_epoch_end
+        self.progress = is_interactive() if progress is None else progress
+        self.state = TrainerState()
+
+    # --- one step, one epoch -------------------------------------------------------
+    def step(self, images: torch.Tensor, targets: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward (+ backward and optimiser step when ``train``). Returns (mean loss, logits)."""
+        images = images.to(self.device, non_blocking=True)
+        targets = targets.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            logits = self.model(images)
+            loss = self.loss_fn(logits.float(), targets)
+        if train:
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"training loss became {loss.item()} at epoch {self.state.epoch + 1}. Lower optim.lr "
+                    f"(now {self.optimizer.param_groups[0]['lr']:.2e}), set train.grad_clip=1.0, or check the "
+                    "input images. The last good checkpoint is last.pt of the previous epoch."
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if self.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.scheduler is not None and self.scheduler_interval == "step":
+                self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def run_epoch(self, loader: DataLoader, *, train: bool, desc: str = "") -> EpochOutput:
+        """One pass over ``loader``; metrics over all of its predictions."""
+        self.model.train(train)
+        all_logits, all_targets = [], []
+        loss_sum, seen = 0.0, 0
+        start = time.perf_counter()
+        bar = tqdm(loader, desc=desc, leave=False, disable=not self.progress, unit="batch")
+        with torch.set_grad_enabled(train):
+            for images, targets in bar:
+                loss, logits = self.step(images, targets, train=train)
+                batch = targets.shape[0]
+                loss_sum += loss.item() * batch
+                seen += batch
+                all_logits.append(logits.float().cpu())
+                all_targets.append(targets.cpu())
+                if self.progress:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        seconds = time.perf_counter() - start
+        logits_np = torch.cat(all_logits).numpy()
+        targets_np = torch.cat(all_targets).numpy()
+        if not math.isfinite(loss_sum):
+            raise NonFiniteLossError(f"{desc or 'evaluation'} loss is {loss_sum}: the model outputs are not finite")
+        metrics = compute_metrics(logits_np, targets_np, loss=loss_sum / max(seen, 1), num_classes=logits_np.shape[1])
+        return EpochOutput(metrics, logits_np, targets_np, seconds, seen)
+
+    def train_one_epoch(self, loader: DataLoader) -> EpochOutput:
+        return self.run_epoch(loader, train=True, desc=f"train {self.state.epoch + 1}/{self.epochs}")
+
+    @torch.no_grad()
+    def evaluate(self, loader: DataLoader, desc: str = "validate") -> EpochOutput:
+        return self.run_epoch(loader, train=False, desc=desc)
+
+    # --- the loop --------------------------------------------------------------------
+    def _reseed(self, loader: DataLoader, epoch: int) -> None:
+        seed = epoch_seed(self.seed, epoch)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        generator = getattr(loader, "generator", None)
+        if generator is not None:
+            generator.manual_seed(seed)
+        sampler_generator = getattr(loader.sampler, "generator", None)
+        if sampler_generator is not None:
+            sampler_generator.manual_seed(seed)
+        transform = getattr(loader.dataset, "transform", None)
+        if hasattr(transform, "set_random_seed"):
+            transform.set_random_seed(seed)
+
+    def _improved(self, score: float) -> bool:
+        best = self.state.best_score
+        if best is None or not math.isfinite(best):
+            return math.isfinite(score)
+        return score < best if self.minimize else score > best
+
+    def fit(self, train_loader: DataLoader, val_loader: DataLoader) -> list[dict[str, float]]:
+        """Train from ``state.epoch`` to ``epochs``; returns the history (one dict per epoch)."""
+        state = self.state
+        if state.epoch >= self.epochs:
+            log.info("already trained %d/%d epochs; nothing to do", state.epoch, self.epochs)
+            return state.history
+        epochs = tqdm(
+            range(state.epoch, self.epochs), desc="epochs", disable=not self.progress,
+            initial=state.epoch, total=self.epochs, unit="epoch",
+        )
+        for epoch in epochs:
+            if self.unfreeze_epoch and epoch == self.unfreeze_epoch and self.model.frozen:
+                log.info("epoch %d: unfreezing the backbone (model.unfreeze_epoch)", epoch + 1)
+                self.model.unfreeze()
+            self._reseed(train_loader, epoch)
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_out = self.train_one_epoch(train_loader)
+            val_out = self.evaluate(val_loader)
+            state.train_seconds += train_out.seconds
+            state.train_images += train_out.images
+            row: dict[str, float] = {"epoch": epoch + 1}
+            row.update({f"train/{k}": v for k, v in train_out.metrics.items() if k != "ece"})
+            row.update({f"val/{k}": v for k, v in val_out.metrics.items()})
+            row["lr"] = lr
+            row["epoch_seconds"] = train_out.seconds + val_out.seconds
+            if self.scheduler is not None and self.scheduler_interval == "epoch":
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(row[self.monitor])
+                else:
+                    self.scheduler.step()
+            state.history.append(row)
+            state.epoch = epoch + 1
+            improved = self._improved(row[self.monitor])
+            if improved:
+                state.best_score, state.best_epoch, state.bad_epochs = row[self.monitor], epoch + 1, 0
+            else:
+                state.bad_epochs += 1
+            if self.checkpoint_fn is not None:
+                checkpoint = self.checkpoint()
+                self.checkpoint_fn("last", checkpoint)
+                if improved:
+                    self.checkpoint_fn("best", checkpoint)
+            stop_requested = bool(self.on_epoch_end(row, val_out)) if self.on_epoch_end is not None else False
+            log.info(
+                "epoch %d/%d  train loss %.4f acc %.3f | val loss %.4f acc %.3f top2 %.3f macro-F1 %.3f%s",
+                epoch + 1, self.epochs, row["train/loss"], row["train/acc"], row["val/loss"], row["val/acc"],
+                row["val/top2"], row["val/macro_f1"], "  *best*" if improved else "",
+            )
+            if stop_requested:
+                log.info("stopping after epoch %d: requested by the epoch callback (e.g. sweep early termination)", epoch + 1)
+                state.stopped_by = "callback"
+                break
+            if self.patience and state.bad_epochs >= self.patience:
+                log.info("early stopping: %s has not improved for %d epochs", self.monitor, self.patience)
+                state.stopped_by = "early_stopping"
+                break
+        return state.history
+
+    # --- checkpoints -----------------------------------------------------------------
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to continue training exactly where this epoch ended."""
+        s = self.state
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "scaler": self.scaler.state_dict(),
+            "frozen": self.model.frozen,
+            "trainer": {
+                "epoch": s.epoch, "history": s.history, "best_score": s.best_score, "best_epoch": s.best_epoch,
+                "bad_epochs": s.bad_epochs, "train_seconds": s.train_seconds, "train_images": s.train_images,
+            },
+        }
+
+    def load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore model, optimiser, scheduler, scaler and loop state from :meth:`checkpoint`."""
+        if checkpoint.get("frozen"):
+            self.model.freeze_backbone()
+        else:
+            self.model.unfreeze()
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        if self.scheduler is not None and checkpoint.get("scheduler") is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler"])
+        if checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        t = checkpoint["trainer"]
+        self.state = TrainerState(
+            epoch=t["epoch"], history=list(t["history"]), best_score=t["best_score"], best_epoch=t["best_epoch"],
+            bad_epochs=t["bad_epochs"], train_seconds=t["train_seconds"], train_images=t["train_images"],
+        )
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20) -> float:
+    """Median CPU inference latency in milliseconds for one image (batch 1), eval mode."""
+    import copy
+
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    x = torch.randn(1, *input_shape)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 3):
+            start = time.perf_counter()
+            cpu_model(x)
+            if i >= 3:
+                times.append(time.perf_counter() - start)
+    return float(np.median(times) * 1000)

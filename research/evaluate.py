@@ -1,0 +1,209 @@
+"""Score a trained run on any labelled image set (held-out test splits, cross-dataset checks).
+
+Accepted layouts of ``DATA_DIR``: a dataset root with split folders (``--split test``),
+a folder of class subfolders (Spanish or English names), or a flat folder whose file
+names carry the label (``anger_1.jpg``). Classes the model knows but the set lacks are
+reported; F1 and the report cover the classes present, and predictions of absent
+classes still count as errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from research import plots
+from research.data.classes import CANONICAL_CLASSES, label_from_filename
+from research.data.datasets import DatasetLayoutError, find_split_dir, scan_split
+from research.data.images import ImageDecodeError, is_image_path, load_image
+from research.engine import metrics as M
+from research.faces import HaarFaceCropper
+from research.tracking.runs import write_json
+
+log = logging.getLogger(__name__)
+
+
+def find_labelled_images(data_dir: Path, split: str | None = None) -> tuple[list[Path], list[int], str]:
+    """Paths, canonical targets and a description of the layout that was used."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetLayoutError(f"{data_dir} is not a folder of labelled images")
+    if split:
+        folder = find_split_dir(data_dir, split)
+        scan = scan_split(folder, split)
+        return scan.paths, scan.targets, f"{folder} (split {folder.name}, class folders)"
+    subdirs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    split_names = {"train", "training", "validation", "val", "valid", "test", "testing"}
+    if subdirs and all(p.name.lower() in split_names for p in subdirs):
+        raise DatasetLayoutError(
+            f"{data_dir} holds split folders ({', '.join(sorted(p.name for p in subdirs))}); choose one with --split NAME"
+        )
+    if subdirs:
+        scan = scan_split(data_dir, "eval")
+        return scan.paths, scan.targets, f"{data_dir} (class folders)"
+    paths, targets, unlabelled = [], [], []
+    for path in sorted(p for p in data_dir.iterdir() if p.is_file() and is_image_path(p)):
+        label = label_from_filename(path.stem)
+        if label is None:
+            unlabelled.append(path.name)
+            continue
+        paths.append(path)
+        targets.append(CANONICAL_CLASSES.index(label))
+    if unlabelled:
+        log.warning("%d images without a label in their name were left out, e.g. %s", len(unlabelled), unlabelled[:3])
+    if not paths:
+        raise DatasetLayoutError(
+            f"{data_dir}: no labelled images. Use class subfolders (anger/, alegria/...), split folders with "
+            "--split, or file names that start with the label (anger_1.jpg)."
+        )
+    return paths, targets, f"{data_dir} (labels from file names)"
+
+
+class EvalImages(Dataset):
+    """``(tensor, target, index, ok, face_found)``; a file that fails to decode gives ok=False."""
+
+    def __init__(self, paths: list[Path], targets: list[int], transform: Any, cropper: HaarFaceCropper | None, size: int, channels: int) -> None:
+        self.paths, self.targets, self.transform, self.cropper = paths, targets, transform, cropper
+        self.blank = torch.zeros(channels, size, size)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_image(self.paths[i])
+        except ImageDecodeError:
+            return self.blank, self.targets[i], i, False, False
+        face_found = True
+        if self.cropper is not None:
+            crop = self.cropper(image, name=str(self.paths[i]))
+            image, face_found = crop.image, crop.found
+        return self.transform(image=image)["image"], self.targets[i], i, True, face_found
+
+
+@dataclass
+class EvaluationResult:
+    name: str
+    out_dir: Path
+    metrics: dict[str, Any]
+
+
+def evaluate_run(
+    loaded: Any,
+    data_dir: Path,
+    *,
+    split: str | None = None,
+    face: str = "none",
+    tta: str = "none",
+    out: Path | None = None,
+    name: str | None = None,
+    batch_size: int = 64,
+    bad_files: str = "skip",
+    num_workers: int = 0,
+) -> EvaluationResult:
+    """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``."""
+    paths, targets, layout = find_labelled_images(Path(data_dir), split)
+    name = name or "-".join(x for x in (Path(data_dir).name, split, "haar" if face == "haar" else "", "tta" if tta == "hflip" else "") if x)
+    out_dir = Path(out) if out else loaded.run.evaluations / name
+    f = loaded.cfg.faces
+    cropper = (
+        HaarFaceCropper(scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin, fallback=True)
+        if face == "haar" else None
+    )
+    dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    probs, kept_targets, failed, no_face = [], [], [], 0
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, y, idx, ok, found in tqdm(loader, desc=f"evaluate {name}", unit="batch"):
+            for i in idx[~ok].tolist():
+                failed.append(str(paths[i]))
+            no_face += int((ok & ~found).sum())
+            x, y = x[ok].to(loaded.device), y[ok]
+            if len(y) == 0:
+                continue
+            p = torch.softmax(loaded.model(x).float(), dim=1)
+            if tta == "hflip":
+                p = (p + torch.softmax(loaded.model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
+            probs.append(p.cpu())
+            kept_targets.append(y)
+    seconds = time.perf_counter() - start
+    if failed:
+        message = f"{len(failed)} file(s) could not be decoded: {failed[:5]}"
+        if bad_files == "error":
+            raise ImageDecodeError(message + " (use --bad-files skip to leave them out)")
+        log.warning("%s; left out", message)
+    if not probs:
+        raise DatasetLayoutError(f"{data_dir}: no image could be scored")
+    probs_np = torch.cat(probs).numpy()
+    targets_np = torch.cat(kept_targets).numpy()
+    present = sorted(set(targets_np.tolist()))
+    names = loaded.class_names
+    absent = [names[i] for i in range(len(names)) if i not in present]
+    preds = probs_np.argmax(1)
+    nll = float(-np.mean(np.log(np.clip(probs_np[np.arange(len(targets_np)), targets_np], 1e-12, None))))
+    metrics = M.compute_metrics(probs_np, targets_np, loss=nll, num_classes=len(names), from_logits=False, labels=present)
+    per_class = M.per_class_metrics(targets_np, preds, names, labels=present)
+    report = M.classification_report_text(targets_np, preds, names, labels=present)
+    counts, normalized = M.confusion_matrices(targets_np, preds, len(names))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    label = f"{loaded.run.run_id} on {Path(data_dir).name}{'/' + split if split else ''}"
+    plots.plot_confusion(counts, names, out_dir / "confusion_counts.png", normalized=False, title=f"Confusion (counts) - {label}")
+    plots.plot_confusion(normalized, names, out_dir / "confusion_normalized.png", normalized=True, title=f"Confusion (row-normalised) - {label}")
+    (out_dir / "classification_report.txt").write_text(f"{label}\n{layout}\n\n{report}")
+    result = {
+        **metrics, "images": int(len(targets_np)), "failed_files": failed, "no_face": no_face if face == "haar" else None,
+        "images_per_s": len(targets_np) / max(seconds, 1e-9), "dataset": str(data_dir), "split": split, "layout": layout,
+        "face": face, "tta": tta, "classes_present": [names[i] for i in present], "classes_absent": absent,
+        "per_class": per_class, "confusion_counts": counts.tolist(), "run_id": loaded.run.run_id,
+    }
+    write_json(out_dir / "metrics.json", result)
+    if absent:
+        log.warning("classes absent from %s: %s (F1 over the %d present classes)", data_dir, absent, len(present))
+    return EvaluationResult(name, out_dir, result)
+
+
+def format_table(result: EvaluationResult) -> str:
+    m = result.metrics
+    rows = [("images", f"{m['images']}"), ("accuracy", f"{m['acc']:.3f}"), ("top-2", f"{m['top2']:.3f}"),
+            ("macro-F1", f"{m['macro_f1']:.3f}"), ("weighted-F1", f"{m['weighted_f1']:.3f}"),
+            ("loss", f"{m['loss']:.3f}"), ("ECE", f"{m['ece']:.3f}"), ("images/s", f"{m['images_per_s']:.1f}")]
+    if m.get("no_face") is not None:
+        rows.append(("no face found", str(m["no_face"])))
+    return "\n".join(f"  {k:<12} {v}" for k, v in rows)
+
+
+def evaluate_cli(args: Any) -> EvaluationResult:
+    """``poetry run evaluate``: evaluation + a W&B run (job type evaluate) linked to the training run."""
+    from research.config import flatten
+    from research.tracking.wandb_log import WandbRun
+    from research.train import load_run
+
+    loaded = load_run(args.run, which=args.checkpoint)
+    result = evaluate_run(
+        loaded, args.data_dir, split=args.split, face=args.face, tta=args.tta, out=args.out, name=args.name,
+        batch_size=args.batch_size, bad_files=args.bad_files,
+    )
+    w = loaded.cfg.wandb
+    wandb_run = WandbRun(
+        run_id=f"{loaded.run.run_id}-eval-{result.name}", run_dir=loaded.run.path,
+        config={**flatten(loaded.cfg), "source_run": loaded.run.run_id, "eval.dataset": str(args.data_dir), "eval.split": args.split},
+        mode=args.wandb or w.mode, project=w.project, entity=w.entity, group=w.group or loaded.run.run_id,
+        tags=[*w.tags, "evaluate"], job_type="evaluate", wandb_dir=w.dir, resume=True,
+    )
+    try:
+        m = result.metrics
+        wandb_run.update_summary({f"eval/{k}": m[k] for k in ("acc", "top2", "macro_f1", "weighted_f1", "loss", "ece", "images")})
+        wandb_run.log_images({f"eval/{p.stem}": p for p in result.out_dir.glob("confusion_*.png")})
+    finally:
+        wandb_run.finish()
+    log.info("evaluation %s of %s written to %s\n%s", result.name, loaded.run.run_id, result.out_dir, format_table(result))
+    return result

@@ -1,0 +1,236 @@
+"""torchvision and timm backbones behind the one factory, with a new 7-class head.
+
+Pretrained weights come from the libraries' normal hub caches (torchvision's weights API,
+timm's Hugging Face hub) or, on machines without internet, from a local file
+(``model.pretrained_file``). A pretrained 3-channel stem is adapted to grayscale input by
+summing its filters over the colour channels, which gives the same response to a gray
+image replicated to RGB.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from research.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from research.models.classifier import FERClassifier
+from research.models.registry import register_model
+
+log = logging.getLogger(__name__)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights could not be loaded; the message says how to provide them."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A plain ``state_dict`` from a file; unwraps ``{"state_dict"|"model": ...}`` and ``net.`` prefixes."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise PretrainedWeightsError(f"{path} is not a readable PyTorch weights file: {err}") from err
+    for key in ("state_dict", "model", "model_state"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PretrainedWeightsError(f"{path} does not hold a state_dict (name -> tensor)")
+    if all(k.startswith("net.") for k in obj):
+        obj = {k[4:]: v for k, v in obj.items()}
+    return obj
+
+
+def load_matching(net: nn.Module, state: dict[str, torch.Tensor], *, source: str, min_fraction: float = 0.9) -> None:
+    """Load tensors whose names and shapes fit; fail when too few of the model's tensors are covered."""
+    own = net.state_dict()
+    fitting = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    fraction = len(fitting) / max(1, len(own))
+    if fraction < min_fraction:
+        missing = [k for k in own if k not in fitting][:5]
+        raise PretrainedWeightsError(
+            f"{source} does not fit {type(net).__name__}: only {len(fitting)} of {len(own)} tensors match "
+            f"(first missing: {missing}). Is it the weights of another architecture?"
+        )
+    net.load_state_dict(fitting, strict=False)
+    log.info("loaded %d/%d tensors from %s", len(fitting), len(own), source)
+
+
+def adapt_first_conv(net: nn.Module, in_chans: int) -> None:
+    """Replace the first 3-channel convolution by a 1-channel one whose filters are the RGB sums."""
+    if in_chans == 3:
+        return
+    if in_chans != 1:
+        raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+    for parent in net.modules():
+        for child_name, child in parent.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                new = nn.Conv2d(
+                    in_chans, child.out_channels, child.kernel_size, child.stride, child.padding,
+                    child.dilation, child.groups, child.bias is not None, child.padding_mode,
+                )
+                with torch.no_grad():
+                    new.weight.copy_(child.weight.sum(dim=1, keepdim=True))
+                    if child.bias is not None:
+                        new.bias.copy_(child.bias)
+                setattr(parent, child_name, new)
+                return
+    raise ValueError(f"{type(net).__name__} has no 3-channel input convolution to adapt")
+
+
+def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
+    linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(net).__name__} has no linear classifier to replace")
+    return linears[-1]
+
+
+def _set_module(net: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = net.get_submodule(parent_name) if parent_name else net
+    setattr(parent, child, module)
+
+
+def _torchvision_weights(name: str) -> Any:
+    import torchvision
+
+    return torchvision.models.get_model_weights(name).DEFAULT
+
+
+def create_torchvision_model(
+    name: str,
+    num_classes: int = 7,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    pretrained_fallback: bool = False,
+    in_chans: int = 3,
+    dropout: float = 0.2,
+    **_: object,
+) -> FERClassifier:
+    """A torchvision classification model with a new ``num_classes`` head."""
+    import torchvision
+
+    net = torchvision.models.get_model(name, weights=None)
+    source = "none"
+    if pretrained_file:
+        load_matching(net, read_state_dict(pretrained_file), source=str(pretrained_file))
+        source = f"file:{pretrained_file}"
+    elif pretrained:
+        weights = _torchvision_weights(name)
+        try:
+            net.load_state_dict(weights.get_state_dict(progress=True, check_hash=True))
+            source = f"torchvision hub ({weights})"
+        except Exception as err:  # URLError, socket errors, SSL errors... all mean "offline"
+            message = (
+                f"cannot get torchvision weights {weights} for {name} ({type(err).__name__}: {err}). "
+                f"Offline? Put the file {weights.url.rsplit('/', 1)[-1]} in "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or pass model.pretrained_file=PATH, "
+                "or train without them: model.pretrained=false."
+            )
+            if not pretrained_fallback:
+                raise PretrainedWeightsError(message) from err
+            log.warning("%s Continuing from random initialisation (model.pretrained_fallback=true).", message)
+            source = "none (hub unreachable)"
+    adapt_first_conv(net, in_chans)
+    head_name, linear = _last_linear(net)
+    head: nn.Module = nn.Linear(linear.in_features, num_classes)
+    has_dropout = any(isinstance(m, nn.Dropout) for m in net.modules())
+    if has_dropout:
+        for module in net.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = dropout
+    else:
+        head = nn.Sequential(nn.Dropout(dropout), head)
+    _set_module(net, head_name, head)
+    mean, std = _channel_stats(IMAGENET_MEAN, IMAGENET_STD, in_chans)
+    return FERClassifier(net, head_prefix=head_name, mean=mean, std=std, pretrained_source=source)
+
+
+def _channel_stats(mean, std, in_chans: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if in_chans == 1:
+        return (sum(mean) / 3,), (sum(std) / 3,)
+    return tuple(mean), tuple(std)
+
+
+def create_timm_model(
+    name: str,
+    num_classes: int = 7,
+    *,
+    pretrained: bool = False,
+    pretrained_file: str | None = None,
+    pretrained_fallback: bool = False,
+    in_chans: int = 3,
+    dropout: float = 0.2,
+    **_: object,
+) -> FERClassifier:
+    """Any timm model by name; timm adapts the stem to ``in_chans`` and drops the old classifier."""
+    import timm
+
+    kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=dropout)
+    source = "none"
+    try:
+        if pretrained_file:
+            path = Path(pretrained_file).expanduser()
+            if not path.is_file():
+                raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
+            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+            source = f"file:{pretrained_file}"
+        elif pretrained:
+            try:
+                net = timm.create_model(name, pretrained=True, **kwargs)
+                source = "timm hub"
+            except Exception as err:  # huggingface_hub / requests errors when offline
+                message = (
+                    f"cannot get timm pretrained weights for {name} ({type(err).__name__}: {err}). "
+                    "Offline? Pass a local state_dict with model.pretrained_file=PATH, "
+                    "or train without them: model.pretrained=false."
+                )
+                if not pretrained_fallback:
+                    raise PretrainedWeightsError(message) from err
+                log.warning("%s Continuing from random initialisation (model.pretrained_fallback=true).", message)
+                net = timm.create_model(name, pretrained=False, **kwargs)
+                source = "none (hub unreachable)"
+        else:
+            net = timm.create_model(name, pretrained=False, **kwargs)
+    except RuntimeError as err:
+        if isinstance(err, PretrainedWeightsError):
+            raise
+        raise PretrainedWeightsError(f"cannot load weights into timm/{name}: {err}") from err
+    except Exception as err:
+        if "Unknown model" in str(err):
+            raise KeyError(f"timm has no model {name!r}; see timm.list_models('*{name[:6]}*')") from None
+        raise
+    cfg = net.pretrained_cfg
+    mean, std = _channel_stats(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), in_chans)
+    head = cfg.get("classifier", "classifier")
+    if isinstance(head, (list, tuple)):
+        head = head[0]
+    return FERClassifier(net, head_prefix=head, mean=mean, std=std, pretrained_source=source)
+
+
+TORCHVISION_MODELS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "mobilenet_v3_small",
+    "mobilenet_v3_large",
+    "efficientnet_b0",
+)
+
+
+def _register_torchvision(name: str) -> None:
+    def builder(num_classes: int = 7, **kwargs: Any) -> FERClassifier:
+        return create_torchvision_model(name, num_classes, **kwargs)
+
+    builder.__doc__ = f"torchvision {name} with a new head."
+    register_model(name)(builder)
+
+
+for _name in TORCHVISION_MODELS:
+    _register_torchvision(_name)

@@ -1,0 +1,71 @@
+"""The common wrapper every registry builder returns: a network, its head and its preprocessing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+
+class FERClassifier(nn.Module):
+    """``forward(x: (B, C, H, W)) -> logits (B, num_classes)``.
+
+    Knows which parameters form the new classification head (``head_prefix`` inside
+    ``net``), so feature-extraction mode can freeze everything else; frozen batch-norm
+    layers stay in eval mode so their ImageNet statistics are not overwritten.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        *,
+        head_prefix: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+        pretrained_source: str = "none",
+    ) -> None:
+        super().__init__()
+        self.net = net
+        self.head_prefix = head_prefix
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+        self.pretrained_source = pretrained_source
+        self.frozen = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _is_head(self, name: str) -> bool:
+        return name == self.head_prefix or name.startswith(self.head_prefix + ".")
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.net.named_parameters() if self._is_head(n)]
+
+    def freeze_backbone(self) -> None:
+        """Feature extraction: only the head keeps ``requires_grad``."""
+        for name, param in self.net.named_parameters():
+            param.requires_grad = self._is_head(name)
+        self.frozen = True
+        self.train(self.training)
+
+    def unfreeze(self) -> None:
+        """Fine-tune everything (staged unfreezing calls this mid-run)."""
+        for param in self.net.parameters():
+            param.requires_grad = True
+        self.frozen = False
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> FERClassifier:
+        super().train(mode)
+        if mode and self.frozen:
+            for name, module in self.net.named_modules():
+                if name and not self._is_head(name):
+                    module.eval()
+        return self
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(total, trainable) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable

@@ -1,0 +1,246 @@
+"""New-image predictions: any folder of photos, scored raw and after a Haar face crop.
+
+Preprocessing is never re-typed here: the model and its eval transform are rebuilt
+from the run folder (:func:`research.train.load_run`), so a photo goes through exactly
+what validation images went through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from research import plots
+from research.data.classes import label_from_filename, try_canonical_name
+from research.data.images import ImageDecodeError, is_image_path, load_image
+from research.faces import HaarFaceCropper, NoFaceFoundError
+from research.tracking.runs import RunFolder, write_json
+
+log = logging.getLogger(__name__)
+
+MODES = {"none": ("raw",), "haar": ("haar",), "both": ("raw", "haar")}
+
+
+@dataclass
+class NewImage:
+    name: str  # path relative to the folder
+    path: Path
+    image: np.ndarray  # HxWx3 uint8 RGB
+    true: str | None  # canonical label from the subfolder or file name
+
+
+def true_label(path: Path, folder: Path) -> str | None:
+    """A label from a class subfolder (``alegria/x.jpg``) or the file name (``anger_1.jpg``)."""
+    rel = path.relative_to(folder)
+    for part in rel.parts[:-1]:
+        label = try_canonical_name(part)
+        if label:
+            return label
+    return label_from_filename(path.stem)
+
+
+def read_new_images(folder: str | Path) -> tuple[list[NewImage], list[str]]:
+    """Decode every image under ``folder``; non-images and broken files are skipped and reported."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist")
+    images, skipped = [], []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        name = str(path.relative_to(folder))
+        if not is_image_path(path):
+            skipped.append(f"{name}: not an image file (skipped)")
+            continue
+        try:
+            images.append(NewImage(name, path, load_image(path), true_label(path, folder)))
+        except ImageDecodeError as err:
+            skipped.append(f"{err} (skipped)")
+    for message in skipped:
+        log.warning("%s", message)
+    if not images:
+        raise FileNotFoundError(f"no readable images (jpg/png/webp/bmp...) in {folder}")
+    return images, skipped
+
+
+def _safe_stem(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).with_suffix("").as_posix())
+
+
+def predict_images(
+    loaded: Any,
+    images: Sequence[NewImage],
+    *,
+    mode: str,
+    cropper: HaarFaceCropper | None,
+    out_dir: Path,
+) -> list[dict[str, Any]]:
+    """Score images in one mode (``raw`` or ``haar``); writes panels, sheet and predictions.json."""
+    from research.train import predict_arrays
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "panels").mkdir(exist_ok=True)
+    inputs, meta = [], []
+    for item in images:
+        crop = None
+        if mode == "haar":
+            assert cropper is not None
+            crop = _crop_or_none(cropper, item)
+            if crop is None:
+                log.warning("%s: no face found; skipped in haar mode (fallback off)", item.name)
+                continue
+            inputs.append(crop.image)
+        else:
+            inputs.append(item.image)
+        meta.append((item, crop))
+    if not inputs:
+        return []
+    probs, tensors = predict_arrays(loaded, inputs)
+    names = loaded.class_names
+    records = []
+    for (item, crop), p, tensor in zip(meta, probs, tensors, strict=True):
+        scores = {c: float(v) for c, v in zip(names, p, strict=True)}
+        winner = names[int(np.argmax(p))]
+        face_found = None if crop is None else crop.found
+        note = "no face found: whole image used" if crop is not None and crop.fallback else ""
+        model_input = plots.denormalize(tensor, loaded.mean, loaded.std)
+        panel = plots.plot_prediction_panel(
+            name=f"{item.name} [{mode}]", original=item.image, box=None if crop is None else crop.box,
+            crop=None if crop is None else (crop.image if crop.found else None), model_input=model_input,
+            scores=scores, winner=winner, true_label=item.true, path=out_dir / "panels" / f"{_safe_stem(item.name)}.png",
+            note=note,
+        )
+        records.append(
+            {
+                "image": item.name, "path": str(item.path), "mode": mode, "face_found": face_found,
+                "fallback": bool(crop is not None and crop.fallback), "box": None if crop is None or crop.box is None else list(crop.box),
+                "scores": scores, "winner": winner, "confidence": float(np.max(p)), "true": item.true,
+                "correct": None if item.true is None else winner == item.true,
+                "panel": str(panel.relative_to(out_dir)),
+                # arrays for the W&B table; dropped from the JSON
+                "original": item.image, "crop": None if crop is None or not crop.found else crop.image, "preprocessed": model_input,
+            }
+        )
+    plots.plot_prediction_sheet([out_dir / r["panel"] for r in records], out_dir / "sheet.png", title=f"{loaded.run.run_id}: new images ({mode})")
+    write_json(out_dir / "predictions.json", [_json_record(r) for r in records])
+    return records
+
+
+def _crop_or_none(cropper: HaarFaceCropper, item: NewImage):
+    """The face crop; ``None`` when no face was found and the cropper does not fall back."""
+    try:
+        return cropper(item.image, name=item.name)
+    except NoFaceFoundError:
+        return None
+
+
+def _json_record(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in {"original", "crop", "preprocessed"}}
+
+
+def compare_modes(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Accuracy per mode (when labels are known) and the images whose winner changed."""
+    out: dict[str, Any] = {"modes": {}}
+    for mode, records in by_mode.items():
+        labelled = [r for r in records if r["correct"] is not None]
+        out["modes"][mode] = {
+            "images": len(records), "labelled": len(labelled),
+            "accuracy": (sum(r["correct"] for r in labelled) / len(labelled)) if labelled else None,
+            "no_face": sum(1 for r in records if r.get("face_found") is False),
+            "mean_confidence": float(np.mean([r["confidence"] for r in records])) if records else None,
+        }
+    if {"raw", "haar"} <= set(by_mode):
+        raw = {r["image"]: r for r in by_mode["raw"]}
+        changes = []
+        for r in by_mode["haar"]:
+            before = raw.get(r["image"])
+            if before and before["winner"] != r["winner"]:
+                changes.append(
+                    {"image": r["image"], "true": r["true"], "raw": before["winner"], "haar": r["winner"],
+                     "face_found": r["face_found"], "effect": _effect(before, r)}
+                )
+        out["changes"] = changes
+    return out
+
+
+def _effect(raw: dict[str, Any], haar: dict[str, Any]) -> str:
+    if raw["true"] is None:
+        return "changed"
+    if haar["correct"] and not raw["correct"]:
+        return "fixed by crop"
+    if raw["correct"] and not haar["correct"]:
+        return "broken by crop"
+    return "changed (both wrong)"
+
+
+def predict_folder(
+    run: RunFolder | str | Path,
+    images_dir: str | Path,
+    *,
+    face: str = "both",
+    out: str | Path | None = None,
+    checkpoint: str = "best",
+    fallback: bool | None = None,
+    wandb_run: Any = None,
+    loaded: Any = None,
+) -> dict[str, Any]:
+    """Score a folder in the requested modes; returns ``{"modes": {mode: records}, "comparison": ...}``."""
+    from research.train import load_run
+
+    loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
+    f = loaded.cfg.faces
+    cropper = HaarFaceCropper(
+        scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin,
+        fallback=f.fallback if fallback is None else fallback,
+    )
+    images, skipped = read_new_images(images_dir)
+    out_root = Path(out) if out else loaded.run.predictions
+    by_mode = {
+        mode: predict_images(loaded, images, mode=mode, cropper=cropper if mode == "haar" else None, out_dir=out_root / mode)
+        for mode in MODES[face]
+    }
+    comparison = compare_modes(by_mode)
+    comparison.update(images_dir=str(images_dir), skipped=skipped, checkpoint=checkpoint)
+    write_json(out_root / "comparison.json", comparison)
+    _log_summary(comparison)
+    if wandb_run is not None:
+        wandb_run.log_predictions([r for records in by_mode.values() for r in records], loaded.class_names)
+        for mode, stats in comparison["modes"].items():
+            if stats["accuracy"] is not None:
+                wandb_run.update_summary({f"new_images/{mode}_accuracy": stats["accuracy"]})
+        wandb_run.log_images({f"predictions/{m}_sheet": out_root / m / "sheet.png" for m in by_mode})
+    return {"modes": by_mode, "comparison": comparison, "out": out_root}
+
+
+def _log_summary(comparison: dict[str, Any]) -> None:
+    for mode, s in comparison["modes"].items():
+        acc = "n/a (no labels)" if s["accuracy"] is None else f"{s['accuracy']:.3f} on {s['labelled']} labelled"
+        log.info("new images [%s]: %d scored, accuracy %s, no face found in %d", mode, s["images"], acc, s["no_face"])
+    for c in comparison.get("changes", []):
+        log.info("  %s: raw %s -> haar %s (true %s, %s)", c["image"], c["raw"], c["haar"], c["true"], c["effect"])
+
+
+def predict_cli(
+    run: Path, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool, wandb_mode: str | None
+) -> dict[str, Any]:
+    """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run."""
+    from research.config import flatten
+    from research.tracking.wandb_log import WandbRun
+    from research.train import load_run
+
+    loaded = load_run(run, which=checkpoint)
+    w = loaded.cfg.wandb
+    wandb_run = WandbRun(
+        run_id=f"{loaded.run.run_id}-predict", run_dir=loaded.run.path, config={**flatten(loaded.cfg), "source_run": loaded.run.run_id},
+        mode=wandb_mode or w.mode, project=w.project, entity=w.entity, group=w.group or loaded.run.run_id,
+        tags=[*w.tags, "predict"], job_type="predict", wandb_dir=w.dir, resume=True,
+    )
+    try:
+        result = predict_folder(loaded.run, images, face=face, out=out, checkpoint=checkpoint, fallback=fallback, wandb_run=wandb_run, loaded=loaded)
+    finally:
+        wandb_run.finish()
+    log.info("predictions written to %s", result["out"])
+    return result

@@ -1,0 +1,195 @@
+"""Local sweep runner on W&B's own search engine (the ``sweeps`` package of ``wandb[sweeps]``).
+
+The same YAML works online (``wandb sweep sweeps/X.yaml`` then ``wandb agent ID``) and
+here, offline: :func:`run_local_sweep` asks ``sweeps.next_run`` for each trial's
+parameters (grid/random/bayes exactly as the W&B server does), trains it in-process with
+:func:`research.train.train`, feeds every epoch back so ``sweeps.stop_runs`` can apply
+hyperband early termination, and records the trials under ``runs/sweeps/<sweep-id>/``.
+Each trial is a normal run folder with an offline W&B run (group = sweep id) that
+``wandb sync`` uploads later.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from research.config import ConfigError, _nearest, all_keys, load_config, parse_overrides
+from research.tracking.runs import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _sweeps():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the sweeps package still uses pydantic-1 style config keys
+        import sweeps
+
+    return sweeps
+
+
+class TrialStopped(Exception):
+    """Raised inside a trial when hyperband decides to stop it."""
+
+
+def load_sweep_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a sweep YAML and check it with W&B's schema and against the config keys."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"sweep file {path} not found; see sweeps/ for examples")
+    config = yaml.safe_load(path.read_text())
+    if not isinstance(config, dict) or "parameters" not in config:
+        raise ConfigError(f"{path}: not a W&B sweep config (needs method, metric, parameters)")
+    violations = _sweeps().schema_violations_from_proposed_config(config)
+    if violations:
+        raise ConfigError(f"{path}: invalid sweep config: {'; '.join(map(str, violations))}")
+    keys = set(all_keys())
+    for name in config["parameters"]:
+        if name not in keys:
+            raise ConfigError(f"{path}: sweep parameter {name!r} is not a config key; {_nearest(name)}")
+    return config
+
+
+def command_preset_and_overrides(command: Sequence[str]) -> tuple[str | None, list[str]]:
+    """The ``--config PRESET`` and literal ``key=value`` items of a sweep YAML's ``command``."""
+    preset, fixed = None, []
+    items = [str(c) for c in command]
+    for i, item in enumerate(items):
+        if item in ("--config", "-c") and i + 1 < len(items):
+            preset = items[i + 1]
+        elif item.startswith("--config="):
+            preset = item.split("=", 1)[1]
+        elif "=" in item and not item.startswith("${"):
+            fixed.append(item.lstrip("-"))
+    return preset, fixed
+
+
+def build_agent_command(config: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The command ``wandb agent`` runs for these parameter values (wandb's own builders)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    command = sweep_utils.create_sweep_command(list(config.get("command") or []))
+    sweep_vars = sweep_utils.create_sweep_command_args({"args": {k: {"value": v} for k, v in params.items()}})
+    sweep_vars.update(interpreter=["python"], program=[config.get("program", "")], env=["/usr/bin/env"])
+    out: list[str] = []
+    for chunk in command:
+        chunk = str(chunk)
+        if chunk.startswith("${") and chunk.endswith("}"):
+            out += [str(x) for x in sweep_vars.get(chunk[2:-1]) or []]
+        else:
+            out.append(chunk)
+    return out
+
+
+@dataclass
+class SweepResult:
+    folder: Path
+    trials: list[dict[str, Any]] = field(default_factory=list)
+    best: dict[str, Any] | None = None
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def run_local_sweep(
+    sweep_yaml: str | Path,
+    *,
+    count: int,
+    overrides: Sequence[str] = (),
+    sweep_id: str | None = None,
+    root: str | Path = "runs/sweeps",
+) -> SweepResult:
+    """Run up to ``count`` trials of a sweep YAML in this process."""
+    from research.train import train
+
+    sw = _sweeps()
+    config = load_sweep_yaml(sweep_yaml)
+    metric = config.get("metric", {}).get("name", "val/macro_f1")
+    goal = config.get("metric", {}).get("goal", "maximize")
+    preset, fixed = command_preset_and_overrides(config.get("command") or [])
+    user = parse_overrides(overrides)
+    load_config(preset, [*fixed, *user])  # fail now, not in trial 3
+    swept = set(config["parameters"])
+    clash = [o.split("=", 1)[0] for o in user if o.split("=", 1)[0] in swept]
+    if clash:
+        log.warning("overrides %s are swept parameters; the sweep's values win", clash)
+
+    sweep_id = sweep_id or f"{Path(sweep_yaml).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    folder = Path(root) / sweep_id
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    sweep_config = sw.SweepConfig(config)
+    runs: list[Any] = []
+    result = SweepResult(folder)
+
+    for index in range(count):
+        suggestion = sw.next_run(sweep_config, runs, validate=False)
+        if suggestion is None:
+            log.info("sweep %s: search space exhausted after %d trials", sweep_id, index)
+            break
+        params = {k: _plain(v["value"]) for k, v in suggestion.config.items()}
+        run_name = f"{sweep_id}-t{index + 1:02d}"
+        suggestion.name = run_name
+        suggestion.state = sw.RunState.running
+        runs.append(suggestion)
+        items = [*fixed, *user, *(f"{k}={v}" for k, v in params.items())]
+        items += [f"run.dir={folder / 'trials'}", f"run.name={run_name}", f"wandb.group={sweep_id}"]
+        cfg = load_config(preset, items)
+        log.info("sweep %s trial %d/%d: %s", sweep_id, index + 1, count, params)
+
+        def on_epoch(row: dict[str, float], run=suggestion) -> bool:
+            run.history.append({metric: row[metric], "epoch": row["epoch"]})
+            if "early_terminate" not in config:
+                return False
+            to_stop = sw.stop_runs(sweep_config, runs, validate=False)
+            return any(r.name == run.name for r in to_stop)
+
+        trial: dict[str, Any] = {"trial": index + 1, "run_id": run_name, **params}
+        try:
+            summary = train(cfg, command=" ".join(build_agent_command(config, params)), on_epoch=on_epoch)
+        except KeyboardInterrupt:
+            suggestion.state = sw.RunState.killed
+            trial.update(state="interrupted", metric=None)
+            result.trials.append(trial)
+            _write_table(folder, result, metric, goal)
+            log.warning("sweep interrupted; %d finished trials are kept in %s", index, folder)
+            raise
+        except Exception as err:  # a failed trial is recorded; the sweep goes on
+            log.error("trial %s failed: %s", run_name, err)
+            suggestion.state = sw.RunState.failed
+            trial.update(state="failed", metric=None, error=str(err)[:200])
+        else:
+            value = summary["best"].get(metric) if metric.startswith("val/") else summary.get(metric)
+            stopped = summary.get("stopped_early_by") == "sweep"
+            suggestion.state = sw.RunState.finished
+            suggestion.summary_metrics = {metric: value}
+            trial.update(
+                state="stopped (hyperband)" if stopped else "finished", metric=value,
+                epochs=summary["epochs_run"], run_dir=summary["run_dir"],
+            )
+        result.trials.append(trial)
+        _write_table(folder, result, metric, goal)
+    log.info("sweep %s done: %d trials; best %s", sweep_id, len(result.trials), result.best)
+    return result
+
+
+def _write_table(folder: Path, result: SweepResult, metric: str, goal: str) -> None:
+    scored = [t for t in result.trials if t.get("metric") is not None]
+    if scored:
+        pick = max if goal == "maximize" else min
+        result.best = pick(scored, key=lambda t: t["metric"])
+    columns = list(dict.fromkeys(k for t in result.trials for k in t))
+    with (folder / "trials.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(result.trials)
+    write_json(folder / "best.json", {"metric": metric, "goal": goal, "best": result.best, "trials": len(result.trials)})

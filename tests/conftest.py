@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny synthetic datasets and a fast training config (CPU, no network)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.pop("WANDB_API_KEY", None)
+os.environ.pop("WANDB_MODE", None)
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+SHARED_DATA = SHARED / "data"
+SHARED_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.imagenet.pth"
+
+# A CPU-sized training setup: tiny model, tiny images, one thread.
+FAST = [
+    "model.name=scratch_cnn_small",
+    "data.image_size=32",
+    "data.batch_size=16",
+    "data.channels=1",
+    "train.epochs=1",
+    "train.threads=1",
+    "augment.preset=light",
+    "optim.lr=3e-3",
+    "wandb.mode=disabled",
+]
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path_factory, monkeypatch):
+    """No test may read the developer's W&B credentials or write to their home."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(home / ".config" / "wandb"))
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(home / ".cache" / "wandb"))
+    monkeypatch.setenv("WANDB_DATA_DIR", str(home / ".local" / "wandb"))
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A tiny folder dataset in the course layout (Spanish folders), written by the demo generator."""
+    from research.data.demo import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("tiny") / "dataset"
+    write_demo_dataset(root, size=48, seed=3, scale=0.04, folder_names="spanish")
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_english_dataset(tmp_path_factory) -> Path:
+    from research.data.demo import write_demo_dataset
+
+    root = tmp_path_factory.mktemp("tiny_en") / "dataset"
+    write_demo_dataset(root, size=48, seed=4, scale=0.04, folder_names="english")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory, tiny_dataset) -> Path:
+    """One finished 2-epoch run on the tiny dataset, shared by predict/evaluate/report tests."""
+    from research.config import load_config
+    from research.train import train
+
+    runs = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, [*FAST, f"data.root={tiny_dataset}", "train.epochs=2", f"run.dir={runs}", "run.name=trained"])
+    summary = train(cfg)
+    return Path(summary["run_dir"])

@@ -1,0 +1,59 @@
+import pytest
+
+from research.config import ConfigError, all_keys, flatten, list_presets, load_config, parse_overrides
+
+
+def test_defaults_and_presets_load():
+    assert {"scratch_cnn", "resnet18", "mobilenet_v3_small"} <= set(list_presets())
+    for preset in list_presets():
+        cfg = load_config(preset)
+        assert cfg.model.name
+
+
+def test_override_forms():
+    cfg = load_config("scratch_cnn", ["optim.lr=3e-4", "--train.epochs=5", "--data.root", "demo"])
+    assert cfg.optim.lr == pytest.approx(3e-4) and cfg.train.epochs == 5 and cfg.data.root == "demo"
+    assert parse_overrides(["--a.b=1", "c.d=2", "--e.f", "3"]) == ["a.b=1", "c.d=2", "e.f=3"]
+
+
+def test_unknown_key_names_nearest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim.lrr'.*optim.lr"):
+        load_config(None, ["optim.lrr=1"])
+
+
+def test_wrong_type_names_key():
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(None, ["optim.lr=fast"])
+    with pytest.raises(ConfigError, match="train.epochs"):
+        load_config(None, ["train.epochs=1.5"])
+
+
+def test_bad_choice_and_range():
+    with pytest.raises(ConfigError, match="data.sampler='random' is not one of shuffle, balanced"):
+        load_config(None, ["data.sampler=random"])
+    with pytest.raises(ConfigError, match="optim.lr"):
+        load_config(None, ["optim.lr=-1"])
+
+
+def test_unknown_key_in_yaml_file(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(path)
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ConfigError, match="presets: .*scratch_cnn"):
+        load_config("vgg99")
+
+
+def test_flatten_keys_equal_cli_keys():
+    flat = flatten(load_config(None))
+    assert set(flat) == set(all_keys())
+    assert "optim.lr" in flat and "augment.rotate_limit" in flat
+
+
+def test_config_is_read_only():
+    cfg = load_config(None)
+    with pytest.raises(Exception):
+        cfg.optim.lr = 1.0

@@ -1,0 +1,120 @@
+"""Every registered model: shape, finiteness, gradients; frozen mode; pretrained weights from files."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from research.models import create_model, list_models, register_model
+from research.models.backbones import PretrainedWeightsError
+from research.models.classifier import count_parameters
+from tests.conftest import SHARED_WEIGHTS
+
+ALL = list_models()
+
+
+@pytest.mark.parametrize(
+    "name,in_chans", [(n, 1) for n in ALL] + [("scratch_cnn", 3), ("resnet18", 3), ("mobilenet_v3_small", 3)]
+)
+def test_output_shape_finite_and_gradients(name, in_chans):
+    torch.manual_seed(0)
+    model = create_model(name, 7, in_chans=in_chans)
+    model.train()
+    out = model(torch.randn(2, in_chans, 48, 48))
+    assert out.shape == (2, 7) and torch.isfinite(out).all()
+    out.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
+    assert not missing, f"no gradient for {missing[:5]}"
+
+
+@pytest.mark.parametrize("name", ["scratch_cnn", "resnet18", "mobilenet_v3_small"])
+def test_frozen_mode_trains_only_the_head(name):
+    model = create_model(name, 7, in_chans=3)
+    model.freeze_backbone()
+    total, trainable = count_parameters(model)
+    head = sum(p.numel() for p in model.head_parameters())
+    assert trainable == head < total
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+    model.train()
+    model(torch.randn(4, 3, 64, 64)).sum().backward()
+    opt.step()
+    changed = {n for n, p in model.state_dict().items() if not torch.equal(p, before[n])}
+    assert changed and all(n.startswith(f"net.{model.head_prefix}") for n in changed)  # BN stats frozen too
+    model.unfreeze()
+    assert count_parameters(model)[1] == total
+
+
+def test_scratch_cnn_is_small():
+    assert count_parameters(create_model("scratch_cnn"))[0] < 5_000_000
+
+
+def test_unknown_model_lists_known():
+    with pytest.raises(KeyError, match="Known models: .*resnet18.*timm/"):
+        create_model("vgg99")
+
+
+def test_duplicate_registration_raises():
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("resnet18")(lambda num_classes: None)
+
+
+def test_timm_any_model_by_name():
+    model = create_model("timm/resnet10t", 7, in_chans=1)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 7)
+
+
+def test_pretrained_from_a_file_the_test_writes(tmp_path):
+    import torchvision
+
+    source = torchvision.models.resnet18(weights=None)
+    path = tmp_path / "resnet18.pth"
+    torch.save(source.state_dict(), path)
+    model = create_model("resnet18", 7, pretrained=True, pretrained_file=str(path), in_chans=3)
+    assert torch.equal(model.net.layer1[0].conv1.weight, source.layer1[0].conv1.weight)
+    assert model.pretrained_source == f"file:{path}"
+    gray = create_model("resnet18", 7, pretrained_file=str(path), in_chans=1)
+    assert torch.allclose(gray.net.conv1.weight, source.conv1.weight.sum(1, keepdim=True))
+
+
+def test_wrong_weights_file_is_a_clear_error(tmp_path):
+    import torchvision
+
+    path = tmp_path / "mobilenet.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
+    with pytest.raises(PretrainedWeightsError, match="does not fit"):
+        create_model("resnet18", 7, pretrained_file=str(path))
+    with pytest.raises(PretrainedWeightsError, match="not found"):
+        create_model("resnet18", 7, pretrained_file=str(tmp_path / "missing.pth"))
+
+
+def test_offline_hub_without_file_says_how(monkeypatch):
+    import torchvision
+
+    def offline(self, *a, **k):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights.IMAGENET1K_V1.__class__, "get_state_dict", offline)
+    with pytest.raises(PretrainedWeightsError, match="model.pretrained_file=PATH"):
+        create_model("resnet18", 7, pretrained=True)
+    model = create_model("resnet18", 7, pretrained=True, pretrained_fallback=True)
+    assert model.pretrained_source == "none (hub unreachable)"
+
+
+def test_scratch_refuses_pretrained():
+    with pytest.raises(ValueError, match="no pretrained weights"):
+        create_model("scratch_cnn", pretrained=True)
+
+
+@pytest.mark.skipif(not SHARED_WEIGHTS.exists(), reason="../shared/weights absent")
+@pytest.mark.parametrize("in_chans", [1, 3])
+def test_real_timm_weights_from_shared_file(in_chans):
+    import timm
+
+    state = torch.load(SHARED_WEIGHTS, map_location="cpu", weights_only=True)
+    model = create_model("timm/tf_efficientnet_lite0", 7, pretrained_file=str(SHARED_WEIGHTS), in_chans=in_chans)
+    assert model.pretrained_source.startswith("file:")
+    ref = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    name = "blocks.1.0.conv_pw.weight"
+    assert torch.equal(model.net.state_dict()[name], state[name]) and not torch.equal(ref.state_dict()[name], state[name])
+    assert model(torch.randn(1, in_chans, 64, 64)).shape == (1, 7)

@@ -1,0 +1,129 @@
+"""The trainer end to end on tiny synthetic data: run folder, resume, determinism, NaN, stopping."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from research.config import load_config
+from research.engine.trainer import NonFiniteLossError
+from research.tracking.runs import HISTORY_COLUMNS, RunFolder
+from research.train import train
+from tests.conftest import FAST
+
+
+def cfg_for(root: Path, runs: Path, *extra: str):
+    return load_config(None, [*FAST, f"data.root={root}", f"run.dir={runs}", *extra])
+
+
+def test_one_epoch_run_folder_is_complete(tmp_path, tiny_dataset):
+    summary = train(cfg_for(tiny_dataset, tmp_path, "run.name=r1"))
+    run = Path(summary["run_dir"])
+    for name in ("config.yaml", "history.csv", "summary.json", "best.pt", "last.pt", "classification_report.txt",
+                 "confusion_counts.json", "per_class.json"):
+        assert (run / name).is_file(), name
+    for fig in ("curves_loss", "curves_acc", "curves_top2", "curves_macro_f1", "confusion_counts", "confusion_normalized", "reliability"):
+        assert (run / "figures" / f"{fig}.png").stat().st_size > 1000, fig
+    with (run / "history.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1 and set(HISTORY_COLUMNS) <= set(rows[0])
+    saved = json.loads((run / "summary.json").read_text())
+    assert saved["status"] == "finished" and saved["epochs_run"] == 1
+    for key in ("params_total", "params_trainable", "train_seconds", "train_images_per_s", "latency_ms_per_image"):
+        assert saved[key] > 0, key
+    assert set(saved["best"]) >= {"val/acc", "val/top2", "val/macro_f1", "val/weighted_f1", "val/loss", "val/ece"}
+    assert 0 <= saved["best"]["val/acc"] <= saved["best"]["val/top2"] <= 1
+    assert "precision" in (run / "classification_report.txt").read_text()
+    ckpt = torch.load(run / "best.pt", weights_only=False)
+    assert ckpt["class_names"][0] == "anger" and ckpt["config"]["model"]["name"] == "scratch_cnn_small"
+    assert {"optimizer", "scheduler", "trainer", "mean", "std"} <= set(ckpt)
+    assert summary["dataset"]["synthetic"] is False and summary["dataset"]["train_images"] > 0
+
+
+def _history(run_dir: Path) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in RunFolder(run_dir).read_history()]
+
+
+def test_same_seed_same_history(tmp_path, tiny_dataset):
+    a = train(cfg_for(tiny_dataset, tmp_path, "run.name=a", "train.epochs=2", "augment.preset=strong"))
+    b = train(cfg_for(tiny_dataset, tmp_path, "run.name=b", "train.epochs=2", "augment.preset=strong"))
+    assert _history(Path(a["run_dir"])) == _history(Path(b["run_dir"]))
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_dataset, monkeypatch):
+    from research.cli import resolve_train_config
+    from research.tracking import wandb_log
+
+    extra = ("train.epochs=3", "augment.preset=medium", "data.sampler=balanced")
+    full = train(cfg_for(tiny_dataset, tmp_path, "run.name=full", *extra))
+
+    original = wandb_log.WandbRun.log_epoch
+
+    def ctrl_c_after_epoch_2(self, row):
+        original(self, row)
+        if row["epoch"] == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", ctrl_c_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(tiny_dataset, tmp_path, "run.name=cut", *extra))
+    cut = tmp_path / "cut"
+    assert RunFolder(cut).read_summary()["status"] == "interrupted"
+    assert torch.load(cut / "last.pt", weights_only=False)["trainer"]["epoch"] == 2
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", original)
+
+    resumed = train(resolve_train_config(None, [f"run.resume={cut}"]))
+    assert resumed["status"] == "finished" and resumed["epochs_run"] == 3
+    assert _history(cut) == _history(Path(full["run_dir"]))
+
+
+def test_nan_loss_stops_with_clear_error(tmp_path, tiny_dataset):
+    with pytest.raises(NonFiniteLossError, match="optim.lr"):
+        train(cfg_for(tiny_dataset, tmp_path, "run.name=nan", "optim.lr=1e30", "optim.warmup_epochs=0", "train.epochs=2"))
+    assert RunFolder(tmp_path / "nan").read_summary()["status"] == "failed"
+
+
+def test_early_stopping_and_options(tmp_path, tiny_dataset):
+    summary = train(cfg_for(
+        tiny_dataset, tmp_path, "run.name=es", "train.epochs=6", "train.early_stopping_patience=1", "optim.lr=1e-9",
+        "optim.warmup_epochs=0", "optim.name=sgd", "optim.scheduler=step", "train.label_smoothing=0.1",
+        "train.class_weighting=balanced", "train.grad_clip=1.0", "train.monitor=val/loss",
+    ))
+    assert summary["epochs_run"] < 6 and summary["stopped_early_by"] == "early_stopping"
+
+
+def test_frozen_then_unfreeze(tmp_path, tiny_dataset):
+    summary = train(cfg_for(
+        tiny_dataset, tmp_path, "run.name=fz", "model.name=resnet18", "data.channels=3", "model.mode=frozen",
+        "model.unfreeze_epoch=1", "train.epochs=2",
+    ))
+    assert summary["params_trainable"] < summary["params_total"]
+    ckpt = torch.load(Path(summary["run_dir"]) / "last.pt", weights_only=False)
+    assert ckpt["frozen"] is False
+
+
+def test_existing_run_name_is_refused(tmp_path, tiny_dataset):
+    train(cfg_for(tiny_dataset, tmp_path, "run.name=dup"))
+    with pytest.raises(FileExistsError, match="run.resume"):
+        train(cfg_for(tiny_dataset, tmp_path, "run.name=dup"))
+
+
+def test_demo_data_run_is_labelled_synthetic(tmp_path):
+    summary = train(load_config(None, [*FAST, "data.root=demo", "data.demo_scale=0.05", f"run.dir={tmp_path}"]))
+    assert summary["dataset"]["synthetic"] is True and summary["dataset"]["name"] == "synthetic demo data"
+    assert "synthetic demo data" in (Path(summary["run_dir"]) / "classification_report.txt").read_text()
+
+
+def test_train_cli_help_and_bad_key(capsys):
+    from research.cli import train_main
+
+    with pytest.raises(SystemExit) as e:
+        train_main(["--help"])
+    assert e.value.code == 0 and "run.resume" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        train_main(["optim.lrr=1"])
+    assert e.value.code == 2
