@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from omegaconf.nodes import StringNode
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -164,9 +165,20 @@ def all_keys(node: Any = None, prefix: str = "") -> list[str]:
     return keys
 
 
+SYNONYMS = {
+    "learning_rate": "lr", "lr0": "lr", "wd": "weight_decay", "num_epochs": "epochs", "n_epochs": "epochs",
+    "max_epochs": "epochs", "bs": "batch_size", "batch": "batch_size", "img_size": "image_size", "size": "image_size",
+    "arch": "name", "architecture": "name", "backbone": "name", "workers": "num_workers", "patience": "early_stopping_patience",
+}
+
+
 def _nearest(key: str) -> str:
     keys = all_keys()
+    section, _, leaf = key.rpartition(".")
+    synonym = f"{section}.{SYNONYMS[leaf]}" if leaf in SYNONYMS else None
     close = difflib.get_close_matches(key, keys, n=3, cutoff=0.5)
+    if synonym in keys:
+        close = [synonym, *[k for k in close if k != synonym]][:3]
     section = key.split(".")[0]
     close = close or [k for k in keys if k.startswith(section + ".")][:6]
     return f"did you mean {', '.join(close)}?" if close else f"valid sections: {sorted({k.split('.')[0] for k in keys})}"
@@ -205,6 +217,29 @@ def parse_overrides(args: Sequence[str]) -> list[str]:
     return out
 
 
+def _override_node(cfg: DictConfig, item: str) -> DictConfig:
+    """One ``key=value`` override. String settings keep the text as typed (YAML would turn
+    ``run.name=off`` into False and ``data.root=2024`` into an int)."""
+    key, _, raw = item.partition("=")
+    if key not in all_keys():
+        raise ConfigError(f"unknown config key {key!r}; {_nearest(key)}")
+    section, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(cfg, section)._get_node(leaf) if section else cfg._get_node(leaf)
+    if isinstance(node, StringNode) and raw not in ("null", "~"):
+        return _merge_checked(cfg, OmegaConf.create(_nest(key, raw)), f"override {item!r}")
+    return _merge_checked(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cursor = out
+    parts = key.split(".")
+    for part in parts[:-1]:
+        cursor = cursor.setdefault(part, {})
+    cursor[parts[-1]] = value
+    return out
+
+
 def _merge_checked(base: DictConfig, other: DictConfig, source: str) -> DictConfig:
     try:
         return OmegaConf.merge(base, other)
@@ -226,10 +261,7 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
             raise ConfigError(f"cannot read config file {path}: {err}") from None
         cfg = _merge_checked(cfg, loaded, f"config file {path}")
     for item in parse_overrides(overrides):
-        key = item.split("=", 1)[0]
-        if key not in all_keys():
-            raise ConfigError(f"unknown config key {key!r}; {_nearest(key)}")
-        cfg = _merge_checked(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        cfg = _override_node(cfg, item)
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -295,10 +327,7 @@ def with_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
     out = OmegaConf.create(OmegaConf.to_container(cfg))
     out = _merge_checked(OmegaConf.structured(Config), out, "config")
     for item in parse_overrides(overrides):
-        key = item.split("=", 1)[0]
-        if key not in all_keys():
-            raise ConfigError(f"unknown config key {key!r}; {_nearest(key)}")
-        out = _merge_checked(out, OmegaConf.from_dotlist([item]), f"override {item!r}")
+        out = _override_node(out, item)
     validate(out)
     OmegaConf.set_readonly(out, True)
     return out

@@ -1,6 +1,13 @@
 import pytest
 
-from research.config import ConfigError, all_keys, flatten, list_presets, load_config, parse_overrides
+from research.config import (
+    ConfigError,
+    all_keys,
+    flatten,
+    list_presets,
+    load_config,
+    parse_overrides,
+)
 
 
 def test_defaults_and_presets_load():
@@ -55,5 +62,12 @@ def test_flatten_keys_equal_cli_keys():
 
 def test_config_is_read_only():
     cfg = load_config(None)
-    with pytest.raises(Exception):
+    from omegaconf.errors import ReadonlyConfigError
+
+    with pytest.raises(ReadonlyConfigError):
         cfg.optim.lr = 1.0
+
+
+def test_string_settings_keep_their_text():
+    cfg = load_config(None, ["run.name=off", "data.root=2024", "wandb.group=null"])
+    assert cfg.run.name == "off" and cfg.data.root == "2024" and cfg.wandb.group is None

@@ -140,10 +140,8 @@ def test_write_demo_new_images(tmp_path) -> None:
 
 
 def test_demo_is_learnable_but_not_trivial() -> None:
-    """A linear model on 16x16 pixels clearly beats chance (1/7) on held-out data."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
+    """A linear classifier on 16x16 pixels clearly beats chance (1/7) on held-out data."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 
     def features(images: list[np.ndarray]) -> np.ndarray:
         small = [cv2.resize(im[:, :, 0], (16, 16), interpolation=cv2.INTER_AREA) for im in images]
@@ -151,7 +149,7 @@ def test_demo_is_learnable_but_not_trivial() -> None:
 
     train_images, train_labels = make_demo_split("train", size=48, seed=1, scale=0.35)
     val_images, val_labels = make_demo_split("validation", size=48, seed=1, scale=0.35)
-    clf = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=300))
+    clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto")
     clf.fit(features(train_images), train_labels)
     accuracy = clf.score(features(val_images), val_labels)
     assert 0.4 < accuracy < 0.95

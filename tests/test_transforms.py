@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 import torch
 
-from research.data.transforms import AUGMENT_PRESETS, IMAGENET_MEAN, IMAGENET_STD, build_eval_transform, build_train_transform, resolve_augment
+from research.data.transforms import (
+    AUGMENT_PRESETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    build_eval_transform,
+    build_train_transform,
+    resolve_augment,
+)
 
 
 @pytest.mark.parametrize("channels", [1, 3])

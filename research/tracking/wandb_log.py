@@ -177,6 +177,9 @@ class WandbRun:
             return
         offline = self.offline_dir
         self.run.finish(exit_code=exit_code)
+        # finish() returns before W&B's service has flushed the run file; teardown waits for it,
+        # so the offline record is complete on disk when training returns.
+        self._wandb.teardown()
         if offline:
             log.info("W&B offline run saved in %s; upload with: wandb sync %s", offline, offline)
         self.run = None
