@@ -39,11 +39,13 @@ def run_main(fn: Callable[[], int | None]) -> None:
     from research.data.images import ImageDecodeError
     from research.engine.trainer import NonFiniteLossError
     from research.models.backbones import PretrainedWeightsError
+    from research.report import WandbReportError
     from research.tracking.runs import RunFolderError
 
     user_errors = (
         ConfigError, UnknownClassError, DatasetLayoutError, DownloadError, ImageDecodeError,
-        NonFiniteLossError, PretrainedWeightsError, RunFolderError, FileNotFoundError, FileExistsError, KeyError,
+        NonFiniteLossError, PretrainedWeightsError, RunFolderError, WandbReportError, FileNotFoundError,
+        FileExistsError, KeyError,
     )
     try:
         sys.exit(fn() or 0)
@@ -235,6 +237,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/results.md"), help="markdown file (default: %(default)s)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read finished runs from W&B instead (online only)")
     parser.add_argument("--title", default="Facial-expression recognition: model comparison")
+    parser.add_argument(
+        "--no-new-image-figures", action="store_true",
+        help="tables only in the new-image section (no prediction sheets: e.g. photos you may not publish)",
+    )
     _add_verbose(parser)
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
@@ -242,7 +248,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         from research.report import report_cli
 
-        path = report_cli(args.runs, args.out, wandb_path=args.wandb, title=args.title)
+        path = report_cli(
+            args.runs, args.out, wandb_path=args.wandb, title=args.title,
+            include_new_image_figures=not args.no_new_image_figures,
+        )
         print(path)  # noqa: T201
         return 0
 

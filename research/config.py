@@ -83,7 +83,7 @@ class OptimConfig:
 class TrainConfig:
     epochs: int = 10
     label_smoothing: float = 0.0
-    class_weighting: str = "none"  # none | balanced (inverse-frequency class weights in the loss)
+    class_weighting: str = "none"  # none | sqrt | balanced: class weights in the loss (inverse frequency, or its sqrt)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
     amp: bool = True  # mixed precision (CUDA only)
     channels_last: bool = True  # memory format (CUDA only)
@@ -142,7 +142,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.mode": ("finetune", "frozen"),
     "optim.name": ("adamw", "sgd"),
     "optim.scheduler": ("cosine", "step", "plateau", "none"),
-    "train.class_weighting": ("none", "balanced"),
+    "train.class_weighting": ("none", "sqrt", "balanced"),
     "train.monitor": ("val/macro_f1", "val/acc", "val/top2", "val/loss", "val/weighted_f1"),
     "wandb.mode": ("auto", "online", "offline", "disabled"),
 }

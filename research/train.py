@@ -125,11 +125,18 @@ def build_scheduler(optimizer: torch.optim.Optimizer, o: DictConfig, *, epochs: 
 
 
 def build_loss(t: DictConfig, class_counts: dict[str, int]) -> nn.Module:
+    """Cross-entropy, optionally class-weighted: ``balanced`` weights are N / (K n_c) (sklearn's
+    "balanced"); ``sqrt`` uses their square root, which helps rare classes without letting a
+    class of 15 images dominate the gradient (plain inverse frequency collapses predictions
+    onto it on the course data). Weights are normalised to mean 1 over the present classes."""
     weight = None
-    if t.class_weighting == "balanced":
+    if t.class_weighting != "none":
         counts = torch.tensor([max(class_counts[c], 1) for c in CANONICAL_CLASSES], dtype=torch.float32)
         present = torch.tensor([class_counts[c] > 0 for c in CANONICAL_CLASSES], dtype=torch.float32)
-        weight = present * counts.sum() / (present.sum() * counts)
+        weight = present / counts
+        if t.class_weighting == "sqrt":
+            weight = weight.sqrt()
+        weight = weight * present.sum() / weight.sum()
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=t.label_smoothing)
 
 
@@ -317,6 +324,7 @@ def train(
     wandb_run.update_summary(
         {
             "best_epoch": state.best_epoch, "params_total": total, "params_trainable": trainable,
+            "pretrained": model.pretrained_source, "dataset/name": label, "dataset/synthetic": bundle.synthetic,
             "train_seconds": summary["train_seconds"], "train_images_per_s": summary["train_images_per_s"],
             "latency_ms_per_image": summary["latency_ms_per_image"],
             **{f"best/{k}": v for k, v in summary["best"].items()},
