@@ -123,7 +123,7 @@ def evaluate_run(
     probs, kept_targets, failed, no_face = [], [], [], 0
     start = time.perf_counter()
     with torch.inference_mode():
-        for x, y, idx, ok, found in tqdm(loader, desc=f"evaluate {name}", unit="batch"):
+        for x, y, idx, ok, found in tqdm(loader, desc=f"evaluate {name}", unit="batch", disable=None):
             for i in idx[~ok].tolist():
                 failed.append(str(paths[i]))
             no_face += int((ok & ~found).sum())

@@ -127,3 +127,11 @@ def test_train_cli_help_and_bad_key(capsys):
     with pytest.raises(SystemExit) as e:
         train_main(["optim.lrr=1"])
     assert e.value.code == 2
+
+
+def test_dataloader_workers_are_seeded(tmp_path, tiny_dataset):
+    """With worker processes the augmentation stream is still a function of the seed."""
+    extra = ("data.num_workers=2", "augment.preset=strong", "train.epochs=1")
+    a = train(cfg_for(tiny_dataset, tmp_path, "run.name=wa", *extra))
+    b = train(cfg_for(tiny_dataset, tmp_path, "run.name=wb", *extra))
+    assert _history(Path(a["run_dir"])) == _history(Path(b["run_dir"]))

@@ -96,6 +96,14 @@ def _set_module(net: nn.Module, dotted: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _hub_unreachable(message: str, err: Exception, *, fallback: bool) -> str:
+    """Raise the clear offline error, or (``model.pretrained_fallback``) warn and return the label."""
+    if not fallback:
+        raise PretrainedWeightsError(message) from err
+    log.warning("%s Continuing from random initialisation (model.pretrained_fallback=true).", message)
+    return "none (hub unreachable)"
+
+
 def _torchvision_weights(name: str) -> Any:
     import torchvision
 
@@ -133,10 +141,7 @@ def create_torchvision_model(
                 f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or pass model.pretrained_file=PATH, "
                 "or train without them: model.pretrained=false."
             )
-            if not pretrained_fallback:
-                raise PretrainedWeightsError(message) from err
-            log.warning("%s Continuing from random initialisation (model.pretrained_fallback=true).", message)
-            source = "none (hub unreachable)"
+            source = _hub_unreachable(message, err, fallback=pretrained_fallback)
     adapt_first_conv(net, in_chans)
     head_name, linear = _last_linear(net)
     head: nn.Module = nn.Linear(linear.in_features, num_classes)
@@ -191,11 +196,8 @@ def create_timm_model(
                     "Offline? Pass a local state_dict with model.pretrained_file=PATH, "
                     "or train without them: model.pretrained=false."
                 )
-                if not pretrained_fallback:
-                    raise PretrainedWeightsError(message) from err
-                log.warning("%s Continuing from random initialisation (model.pretrained_fallback=true).", message)
+                source = _hub_unreachable(message, err, fallback=pretrained_fallback)
                 net = timm.create_model(name, pretrained=False, **kwargs)
-                source = "none (hub unreachable)"
         else:
             net = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as err:
