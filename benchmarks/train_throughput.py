@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+import timeit
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
 from research.cli import setup_logging
 from research.config import list_presets, load_config
@@ -87,31 +89,57 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
-        "--data-root", default=DEMO_ROOT,
+        "--data-root",
+        default=DEMO_ROOT,
         help="dataset folder (train/ and validation/ class folders) or 'demo': the in-memory synthetic set "
         f"for the trainer benchmark and, for the cache benchmark, the demo set written as {DEMO_FILES_SIZE}px "
         "PNGs to a temporary folder (default: %(default)s)",
     )
     parser.add_argument(
-        "--model", default="scratch_cnn",
+        "--model",
+        default="scratch_cnn",
         help="registry model name; its preset research/configs/<model>.yaml is used when one exists (default: %(default)s)",
     )
-    parser.add_argument("--image-size", type=int, default=64, help="model input side in pixels (default: %(default)s)")
-    parser.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads for both sides (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per method per repeat (default: %(default)s)")
     parser.add_argument(
-        "--warmup-batches", type=int, default=5,
+        "--image-size",
+        type=int,
+        default=64,
+        help="model input side in pixels (default: %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads for both sides (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=2,
+        help="timed epochs per method per repeat (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--warmup-batches",
+        type=int,
+        default=5,
         help="untimed training steps per method before timing (allocator, kernels) (default: %(default)s)",
     )
     parser.add_argument(
-        "--repeats", type=int, default=3,
+        "--repeats",
+        type=int,
+        default=3,
         help="interleaved rounds (A B, B A, A B, ...); medians are over these (default: %(default)s)",
     )
     parser.add_argument(
-        "--only", choices=("all", "trainer", "cache"), default="all", help="which benchmark(s) to run (default: %(default)s)"
+        "--only",
+        choices=("all", "trainer", "cache"),
+        default="all",
+        help="which benchmark(s) to run (default: %(default)s)",
     )
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write every measurement to this JSON file")
+    parser.add_argument(
+        "--json", type=Path, metavar="OUT", help="also write every measurement to this JSON file"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
     for name in ("image_size", "batch_size", "threads", "epochs", "repeats"):
@@ -134,8 +162,13 @@ def cpu_model() -> str:
 
 def machine_info(threads: int) -> dict[str, Any]:
     return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "torch_threads": threads,
-        "cv2_threads": cv2.getNumThreads(), "python": platform.python_version(), "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "cv2_threads": cv2.getNumThreads(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
         "loadavg_start": os.getloadavg(),
     }
 
@@ -144,15 +177,25 @@ def build_config(args: argparse.Namespace, epochs_total: int) -> DictConfig:
     """The model's preset plus the benchmark's settings; ``train.epochs`` sizes the LR schedule only."""
     preset = args.model if args.model in list_presets() else None
     overrides = [
-        f"data.root={args.data_root}", f"model.name={args.model}", f"data.image_size={args.image_size}",
-        f"data.batch_size={args.batch_size}", "data.num_workers=0", f"train.threads={args.threads}",
-        f"train.epochs={epochs_total}", "wandb.mode=disabled",
+        f"data.root={args.data_root}",
+        f"model.name={args.model}",
+        f"data.image_size={args.image_size}",
+        f"data.batch_size={args.batch_size}",
+        "data.num_workers=0",
+        f"train.threads={args.threads}",
+        f"train.epochs={epochs_total}",
+        "wandb.mode=disabled",
     ]
     return load_config(preset, overrides)
 
 
 def summarise(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": values}
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "runs": values,
+    }
 
 
 def interleaved(repeats: int, sides: dict[str, Callable[[], float]]) -> dict[str, list[float]]:
@@ -176,27 +219,52 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     bare_model = copy.deepcopy(model).to(device)  # same initial weights, trained independently
     mean, std = normalization(cfg, model)
     bundle = load_datasets(
-        cfg.data.root, bad_files=cfg.data.bad_files, cache=cfg.data.cache, keep_size=cfg.data.image_size,
-        require_all_classes=cfg.data.require_all_classes, workers=max(2, cfg.data.num_workers),
-        demo_scale=cfg.data.demo_scale, seed=cfg.run.seed,
+        cfg.data.root,
+        bad_files=cfg.data.bad_files,
+        cache=cfg.data.cache,
+        keep_size=cfg.data.image_size,
+        require_all_classes=cfg.data.require_all_classes,
+        workers=max(2, cfg.data.num_workers),
+        demo_scale=cfg.data.demo_scale,
+        seed=cfg.run.seed,
     )
     bundle.train.transform = build_train_transform(
-        cfg.data.image_size, channels=cfg.data.channels, mean=mean, std=std, augment=augment_params(cfg), seed=cfg.run.seed
+        cfg.data.image_size,
+        channels=cfg.data.channels,
+        mean=mean,
+        std=std,
+        augment=augment_params(cfg),
+        seed=cfg.run.seed,
     )
     loader, _ = build_loaders(bundle, cfg, seed=cfg.run.seed)
     n_images = len(bundle.train)
 
     optimizer = build_optimizer(model, cfg.optim)
     scheduler, interval = build_scheduler(
-        optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=len(loader), monitor=cfg.train.monitor
+        optimizer,
+        cfg.optim,
+        epochs=cfg.train.epochs,
+        steps_per_epoch=len(loader),
+        monitor=cfg.train.monitor,
     )
     loss_fn = build_loss(cfg.train, bundle.train.class_counts)
     trainer = Trainer(
-        model, optimizer=optimizer, loss_fn=loss_fn, device=device,
-        epochs=cfg.train.epochs, scheduler=scheduler, scheduler_interval=interval, grad_clip=cfg.train.grad_clip,
-        amp=cfg.train.amp, channels_last=cfg.train.channels_last, monitor=cfg.train.monitor,
-        patience=cfg.train.early_stopping_patience, unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
-        seed=cfg.run.seed, checkpoint_fn=None, on_epoch_end=None,
+        model,
+        optimizer=optimizer,
+        loss_fn=loss_fn,
+        device=device,
+        epochs=cfg.train.epochs,
+        scheduler=scheduler,
+        scheduler_interval=interval,
+        grad_clip=cfg.train.grad_clip,
+        amp=cfg.train.amp,
+        channels_last=cfg.train.channels_last,
+        monitor=cfg.train.monitor,
+        patience=cfg.train.early_stopping_patience,
+        unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
+        seed=cfg.run.seed,
+        checkpoint_fn=None,
+        on_epoch_end=None,
     )
     bare_optimizer = build_optimizer(bare_model, cfg.optim)
     # The functional loss with the trainer's class weights and smoothing: the same objective.
@@ -255,27 +323,120 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     log.info(
         "trainer vs bare: %s, %d train images, batch %d, %d batches/epoch, %d epoch(s) x %d repeats each, %d thread(s), "
         "trainer progress bar %s",
-        args.model, n_images, cfg.data.batch_size, len(loader), args.epochs, args.repeats, torch.get_num_threads(),
+        args.model,
+        n_images,
+        cfg.data.batch_size,
+        len(loader),
+        args.epochs,
+        args.repeats,
+        torch.get_num_threads(),
         "on" if trainer.progress else "off",
     )
     results = interleaved(args.repeats, {"trainer": run_trainer, "bare": run_bare})
     loader_only = interleaved(1, {"loader": run_loader})["loader"]
     trainer_ips = statistics.median(results["trainer"])
     bare_ips = statistics.median(results["bare"])
+    images, targets = next(iter(loader))
+    extras = per_batch_extras(trainer, images, targets)
+    bare_batch_us = n_images / bare_ips / len(loader) * 1e6
+    extras_us = sum(v for k, v in extras.items() if not k.startswith("("))
+    epoch_end = statistics.median(epoch_end_seconds)
     return {
-        "model": args.model, "preset": args.model if args.model in list_presets() else None,
-        "dataset": bundle.name, "synthetic": bundle.synthetic, "train_images": n_images,
-        "batch_size": cfg.data.batch_size, "batches_per_epoch": len(loader), "image_size": cfg.data.image_size,
-        "channels": cfg.data.channels, "augment": cfg.augment.preset, "optimizer": type(optimizer).__name__,
-        "scheduler": type(scheduler).__name__ if scheduler is not None else None, "device": str(device),
-        "epochs_per_repeat": args.epochs, "repeats": args.repeats, "warmup_batches": args.warmup_batches,
+        "model": args.model,
+        "preset": args.model if args.model in list_presets() else None,
+        "dataset": bundle.name,
+        "synthetic": bundle.synthetic,
+        "train_images": n_images,
+        "batch_size": cfg.data.batch_size,
+        "batches_per_epoch": len(loader),
+        "image_size": cfg.data.image_size,
+        "channels": cfg.data.channels,
+        "augment": cfg.augment.preset,
+        "optimizer": type(optimizer).__name__,
+        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "device": str(device),
+        "epochs_per_repeat": args.epochs,
+        "repeats": args.repeats,
+        "warmup_batches": args.warmup_batches,
         "trainer_progress_bar": trainer.progress,
-        "trainer_images_per_s": summarise(results["trainer"]), "bare_images_per_s": summarise(results["bare"]),
+        "trainer_images_per_s": summarise(results["trainer"]),
+        "bare_images_per_s": summarise(results["bare"]),
         "ratio": trainer_ips / bare_ips,
-        "ratio_per_round": [t / b for t, b in zip(results["trainer"], results["bare"], strict=True)],
+        "ratio_per_round": [
+            t / b for t, b in zip(results["trainer"], results["bare"], strict=True)
+        ],
         "trainer_epoch_end_seconds": summarise(epoch_end_seconds),
+        "per_batch_extras_us": extras,
+        "per_batch_extras_total_us": extras_us,
+        "bare_batch_us": bare_batch_us,
+        "extras_share": (extras_us * len(loader) + epoch_end * 1e6) / (bare_batch_us * len(loader)),
         "loader_only_images_per_s": loader_only[0],
     }
+
+
+def per_batch_extras(
+    trainer: Trainer, images: torch.Tensor, targets: torch.Tensor, number: int = 2000
+) -> dict[str, float]:
+    """Microseconds per batch of each statement ``Trainer.step``/``run_epoch`` runs beyond the bare loop.
+
+    Timed in isolation on one real batch's loss and logits; the forward, backward, zero_grad
+    and optimiser step that both sides share are left out. Call after the timed epochs: the
+    scheduler steps ``number`` more times (its learning rate, not its cost, changes).
+    """
+    device = trainer.device
+    with torch.no_grad():
+        logits = trainer.model(images.to(device))
+        loss = trainer.loss_fn(logits.float(), targets.to(device))
+    store: list[torch.Tensor] = []
+
+    def autocast_context() -> None:
+        with torch.autocast(
+            device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None
+        ):
+            pass
+
+    def progress_bar_on() -> None:
+        with open(os.devnull, "w") as sink:
+            bar = tqdm(range(100), file=sink, leave=False)
+            for _ in bar:
+                bar.set_postfix(loss=f"{1.0:.3f}")
+
+    statements: dict[str, Callable[[], Any]] = {
+        "images/targets .to(device)": lambda: (
+            images.to(device, non_blocking=True),
+            targets.to(device, non_blocking=True),
+        ),
+        "autocast context (disabled off CUDA)": autocast_context,
+        "logits.float() for the loss": lambda: logits.float(),
+        "isfinite(loss) check": lambda: bool(torch.isfinite(loss)),
+        "GradScaler scale + update (disabled off CUDA)": lambda: (
+            trainer.scaler.scale(loss),
+            trainer.scaler.update(),
+        ),
+        "loss.detach(), logits.detach()": lambda: (loss.detach(), logits.detach()),
+        "loss.item() (a device sync on CUDA)": lambda: loss.item(),
+        "logits.float().cpu() + targets.cpu() + appends": lambda: (
+            store.append(logits.float().cpu()),
+            store.append(targets.cpu()),
+            store.clear(),
+        ),
+    }
+    if trainer.scheduler is not None and trainer.scheduler_interval == "step":
+        statements["scheduler.step()"] = trainer.scheduler.step
+    costs = {
+        name: timeit.timeit(fn, number=number) / number * 1e6 for name, fn in statements.items()
+    }
+    costs["tqdm wrapper, bar disabled"] = (
+        timeit.timeit(lambda: [None for _ in tqdm(range(100), disable=True)], number=number // 10)
+        / (number // 10)
+        / 100
+        * 1e6
+    )
+    # Reported apart: interactive terminals get the bar, redirected runs (like this one) may not.
+    costs["(tqdm bar + set_postfix when progress is on)"] = (
+        timeit.timeit(progress_bar_on, number=20) / 20 / 100 * 1e6
+    )
+    return costs
 
 
 # --- 2. Decode-once cache ----------------------------------------------------------------------
@@ -285,7 +446,9 @@ def bench_cache(cfg: DictConfig, args: argparse.Namespace, folder: Path) -> dict
     mean, std = normalization(cfg, model)
     transform = eval_transform_from_config(cfg, mean, std)
     kwargs = dict(
-        bad_files=cfg.data.bad_files, keep_size=cfg.data.image_size, require_all_classes=cfg.data.require_all_classes,
+        bad_files=cfg.data.bad_files,
+        keep_size=cfg.data.image_size,
+        require_all_classes=cfg.data.require_all_classes,
         workers=max(2, cfg.data.num_workers),
     )
     # One untimed build so that every timed build reads the files from the OS page cache.
@@ -309,7 +472,13 @@ def bench_cache(cfg: DictConfig, args: argparse.Namespace, folder: Path) -> dict
     for cache, bundle in bundles.items():
         bundle.train.transform = transform
         generator = torch.Generator().manual_seed(cfg.run.seed)
-        loaders[cache] = DataLoader(bundle.train, batch_size=cfg.data.batch_size, shuffle=True, generator=generator, num_workers=0)
+        loaders[cache] = DataLoader(
+            bundle.train,
+            batch_size=cfg.data.batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=0,
+        )
     n_images = len(bundles[True].train)
 
     def one_pass(cache: bool) -> Callable[[], float]:
@@ -321,15 +490,28 @@ def bench_cache(cfg: DictConfig, args: argparse.Namespace, folder: Path) -> dict
 
         return run
 
-    log.info("cache benchmark: one pass over %d train images per side and round (eval transform)", n_images)
+    log.info(
+        "cache benchmark: one pass over %d train images per side and round (eval transform)",
+        n_images,
+    )
     passes = interleaved(args.repeats, {"cached": one_pass(True), "uncached": one_pass(False)})
     cached, uncached = statistics.median(passes["cached"]), statistics.median(passes["uncached"])
     return {
-        "folder": str(folder), "train_images": n_images, "val_images": len(bundles[True].val),
-        "transform": "eval (resize + pad + gray + normalize)", "keep_size": cfg.data.image_size,
-        "decode_threads": kwargs["workers"], "repeats": args.repeats,
-        "build_seconds": {"cached": summarise(builds["cached"]), "uncached": summarise(builds["uncached"])},
-        "pass_images_per_s": {"cached": summarise(passes["cached"]), "uncached": summarise(passes["uncached"])},
+        "folder": str(folder),
+        "train_images": n_images,
+        "val_images": len(bundles[True].val),
+        "transform": "eval (resize + pad + gray + normalize)",
+        "keep_size": cfg.data.image_size,
+        "decode_threads": kwargs["workers"],
+        "repeats": args.repeats,
+        "build_seconds": {
+            "cached": summarise(builds["cached"]),
+            "uncached": summarise(builds["uncached"]),
+        },
+        "pass_images_per_s": {
+            "cached": summarise(passes["cached"]),
+            "uncached": summarise(passes["uncached"]),
+        },
         "speedup": cached / uncached,
     }
 
@@ -365,6 +547,15 @@ def markdown(results: dict[str, Any]) -> str:
             f"| trainer epoch-end cost (cat + metrics), s | {spread(t['trainer_epoch_end_seconds'], '{:.3f}')} |",
             f"| DataLoader alone (train transform), images/s | {t['loader_only_images_per_s']:.1f} |",
             "",
+            f"What the trainer runs beyond the bare loop, timed in isolation (us per batch; one bare-loop batch took "
+            f"{t['bare_batch_us'] / 1e3:.1f} ms):",
+            "",
+            "| per-batch extra | us |",
+            "|---|---|",
+            *(f"| {name} | {us:.2f} |" for name, us in t["per_batch_extras_us"].items()),
+            f"| **sum per batch** (without the bracketed row) | {t['per_batch_extras_total_us']:.2f} |",
+            f"| **extras + epoch-end metrics, share of a bare epoch** | {100 * t['extras_share']:.3f} % |",
+            "",
         ]
     c = results.get("cache")
     if c:
@@ -387,7 +578,9 @@ def markdown(results: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging(args.verbose)
-    results: dict[str, Any] = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    results: dict[str, Any] = {
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    }
     results["machine"] = machine_info(args.threads)
     epochs_total = args.epochs * args.repeats + 1
     cfg = build_config(args, epochs_total)
@@ -396,7 +589,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.only in ("all", "cache"):
         if args.data_root == DEMO_ROOT:
             with tempfile.TemporaryDirectory(prefix="bench-demo-") as tmp:
-                folder = write_demo_dataset(Path(tmp), size=DEMO_FILES_SIZE, seed=cfg.run.seed, scale=1.0)
+                folder = write_demo_dataset(
+                    Path(tmp), size=DEMO_FILES_SIZE, seed=cfg.run.seed, scale=1.0
+                )
                 results["cache"] = bench_cache(cfg, args, folder)
                 results["cache"]["folder"] = f"demo PNGs ({DEMO_FILES_SIZE}px, temporary folder)"
         else:

@@ -110,6 +110,8 @@ class FacesConfig:
     min_size: int = 30  # smallest face side in pixels
     margin: float = 0.15  # extra border around the face, fraction of its side
     fallback: bool = True  # no face found: use the whole image (flagged) instead of skipping it
+    pad: float = 0.25  # border added before detection (fraction of the longer side): finds tightly cropped faces
+    upscale_to: int = 240  # small images are upscaled to this longer side before detection (0 = never)
 
 
 @dataclass

@@ -115,7 +115,7 @@ def evaluate_run(
     out_dir = Path(out) if out else loaded.run.evaluations / name
     f = loaded.cfg.faces
     cropper = (
-        HaarFaceCropper(scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin, fallback=True)
+        HaarFaceCropper(scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin, pad=f.pad, upscale_to=f.upscale_to, fallback=True)
         if face == "haar" else None
     )
     dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)

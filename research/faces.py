@@ -167,6 +167,8 @@ class HaarFaceCropper:
         min_size: int = 30,
         margin: float = 0.15,
         fallback: bool = True,
+        pad: float = 0.25,
+        upscale_to: int = 240,
     ) -> None:
         if not scale_factor > 1.0:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor}")
@@ -180,11 +182,17 @@ class HaarFaceCropper:
             raise ValueError(f"min_size must be an integer >= 1 (pixels), got {min_size}")
         if not margin >= 0.0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        if not 0.0 <= pad <= 1.0:
+            raise ValueError(f"pad must be in [0, 1] (fraction of the longer side), got {pad}")
+        if upscale_to < 0:
+            raise ValueError(f"upscale_to must be >= 0 pixels (0 = never upscale), got {upscale_to}")
         self.scale_factor = float(scale_factor)
         self.min_neighbors = int(min_neighbors)
         self.min_size = int(min_size)
         self.margin = float(margin)
         self.fallback = bool(fallback)
+        self.pad = float(pad)
+        self.upscale_to = int(upscale_to)
         self._cascade = load_cascade()
 
     def __repr__(self) -> str:
@@ -200,13 +208,29 @@ class HaarFaceCropper:
         if min(rgb.shape[:2]) < self.min_size:
             return []
         gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY))
+        # Tightly cropped or small photos defeat the cascade: its windows need some context
+        # around the face and at least ~24 px of face. Upscaling small images and padding the
+        # borders (replicated edges) before detection finds such faces; boxes are mapped back.
+        h, w = gray.shape
+        scale = max(1.0, self.upscale_to / max(h, w)) if self.upscale_to else 1.0
+        if scale > 1.0:
+            gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+        border = int(round(self.pad * max(gray.shape)))
+        if border:
+            gray = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_REPLICATE)
+        min_side = max(1, round(self.min_size * scale))
         faces = self._cascade.detectMultiScale(
             gray,
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size),
+            minSize=(min_side, min_side),
         )
-        boxes = [tuple(int(v) for v in face) for face in faces]
+        boxes = []
+        for fx, fy, fw, fh in faces:
+            x0, y0 = max(0, round((fx - border) / scale)), max(0, round((fy - border) / scale))
+            x1, y1 = min(w, round((fx + fw - border) / scale)), min(h, round((fy + fh - border) / scale))
+            if x1 - x0 >= 2 and y1 - y0 >= 2:
+                boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
         return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
 
     def __call__(self, image: np.ndarray, name: str = "") -> FaceCrop:

@@ -193,7 +193,7 @@ def predict_folder(
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
     f = loaded.cfg.faces
     cropper = HaarFaceCropper(
-        scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin,
+        scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin, pad=f.pad, upscale_to=f.upscale_to,
         fallback=f.fallback if fallback is None else fallback,
     )
     images, skipped = read_new_images(images_dir)

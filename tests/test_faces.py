@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -237,3 +239,28 @@ def test_draw_box_returns_a_marked_copy() -> None:
     assert not marked[20, 20].any()  # inside stays untouched
     assert np.array_equal(draw_box(image, None), image)
     assert draw_box(np.zeros((50, 60), dtype=np.uint8), (1, 1, 5, 5)).shape == (50, 60, 3)
+
+
+def test_tightly_cropped_small_face_is_found():
+    import cv2
+
+    skimage_data = pytest.importorskip("skimage.data")
+    image = skimage_data.astronaut()
+    x, y, w, h = HaarFaceCropper().detect(image)[0]
+    tight = cv2.resize(np.ascontiguousarray(image[y : y + h, x : x + w]), (70, 70), interpolation=cv2.INTER_AREA)
+    bx, by, bw, bh = HaarFaceCropper().detect(tight)[0]
+    assert bx >= 0 and by >= 0 and bx + bw <= 70 and by + bh <= 70 and bw >= 35
+
+
+NEW_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "data" / "new-images"
+
+
+@pytest.mark.skipif(not NEW_IMAGES.is_dir(), reason="../shared/data/new-images absent")
+def test_padding_and_upscaling_find_more_real_faces():
+    """The real new photos include small, tightly cropped faces that the bare cascade misses."""
+    from research.data.images import load_image
+
+    images = [load_image(p) for p in sorted(NEW_IMAGES.glob("*.jpg"))]
+    bare = sum(bool(HaarFaceCropper(pad=0.0, upscale_to=0).detect(i)) for i in images)
+    helped = sum(bool(HaarFaceCropper().detect(i)) for i in images)
+    assert helped > bare

@@ -118,3 +118,15 @@ def test_real_timm_weights_from_shared_file(in_chans):
     name = "blocks.1.0.conv_pw.weight"
     assert torch.equal(model.net.state_dict()[name], state[name]) and not torch.equal(ref.state_dict()[name], state[name])
     assert model(torch.randn(1, in_chans, 64, 64)).shape == (1, 7)
+
+
+def test_from_scratch_backbones_use_default_bn_momentum(tmp_path):
+    """MobileNetV3's ImageNet BN momentum (0.01) is kept only when its pretrained weights are loaded."""
+    import torchvision
+
+    scratch = create_model("mobilenet_v3_small", 7)
+    assert {m.momentum for m in scratch.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.1}
+    path = tmp_path / "mnv3.pth"
+    torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
+    pretrained = create_model("mobilenet_v3_small", 7, pretrained_file=str(path))
+    assert {m.momentum for m in pretrained.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}

@@ -83,6 +83,15 @@ def adapt_first_conv(net: nn.Module, in_chans: int) -> None:
     raise ValueError(f"{type(net).__name__} has no 3-channel input convolution to adapt")
 
 
+def _default_bn_momentum(net: nn.Module, momentum: float = 0.1) -> None:
+    """MobileNetV3/EfficientNet ship BN momentum 0.01, tuned for long ImageNet schedules: trained
+    from scratch for a few hundred steps their running statistics stay near initialisation and
+    the eval-mode network predicts one class. PyTorch's default 0.1 tracks them in time."""
+    for module in net.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+
+
 def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
     linears = [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]
     if not linears:
@@ -142,6 +151,8 @@ def create_torchvision_model(
                 "or train without them: model.pretrained=false."
             )
             source = _hub_unreachable(message, err, fallback=pretrained_fallback)
+    if source.startswith("none"):
+        _default_bn_momentum(net)
     adapt_first_conv(net, in_chans)
     head_name, linear = _last_linear(net)
     head: nn.Module = nn.Linear(linear.in_features, num_classes)
