@@ -271,6 +271,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("sweep_yaml", type=Path)
     parser.add_argument("--count", type=int, default=8, help="maximum number of trials (default: %(default)s)")
     parser.add_argument("--sweep-id", help="name of runs/sweeps/<id> (default: <yaml stem>-<time>)")
+    parser.add_argument("--seed", type=int, help="seed of the search engine's proposals (default: fresh each sweep)")
     _add_verbose(parser)
     args, overrides = parser.parse_known_args(argv)
     setup_logging(args.verbose)
@@ -278,7 +279,9 @@ def sweep_main(argv: Sequence[str] | None = None) -> None:
     def go() -> int:
         from research.sweep import run_local_sweep
 
-        result = run_local_sweep(args.sweep_yaml, count=args.count, overrides=overrides, sweep_id=args.sweep_id)
+        result = run_local_sweep(
+            args.sweep_yaml, count=args.count, overrides=overrides, sweep_id=args.sweep_id, seed=args.seed
+        )
         print(result.folder)  # noqa: T201
         return 0
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from research.config import ConfigError, _nearest, all_keys, load_config, parse_overrides
@@ -89,6 +90,25 @@ def build_agent_command(config: dict[str, Any], params: dict[str, Any]) -> list[
     return out
 
 
+class EngineRandomness:
+    """The sweeps engine draws from numpy's global RNG, which every trial reseeds from its own
+    seed; without its own saved state the engine would see the same numbers after each trial
+    and propose the same parameters again. ``with rng:`` swaps the engine's state in and out."""
+
+    def __init__(self, seed: int | None) -> None:
+        self._state = np.random.RandomState(seed).get_state()
+        self._saved = None
+
+    def __enter__(self) -> EngineRandomness:
+        self._saved = np.random.get_state()
+        np.random.set_state(self._state)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._state = np.random.get_state()
+        np.random.set_state(self._saved)
+
+
 @dataclass
 class SweepResult:
     folder: Path
@@ -107,8 +127,12 @@ def run_local_sweep(
     overrides: Sequence[str] = (),
     sweep_id: str | None = None,
     root: str | Path = "runs/sweeps",
+    seed: int | None = None,
 ) -> SweepResult:
-    """Run up to ``count`` trials of a sweep YAML in this process."""
+    """Run up to ``count`` trials of a sweep YAML in this process.
+
+    ``seed`` fixes the search engine's proposals (random/bayes); ``None`` draws fresh ones.
+    """
     from research.train import train
 
     sw = _sweeps()
@@ -131,8 +155,10 @@ def run_local_sweep(
     runs: list[Any] = []
     result = SweepResult(folder)
 
+    engine_rng = EngineRandomness(seed)
     for index in range(count):
-        suggestion = sw.next_run(sweep_config, runs, validate=False)
+        with engine_rng:
+            suggestion = sw.next_run(sweep_config, runs, validate=False)
         if suggestion is None:
             log.info("sweep %s: search space exhausted after %d trials", sweep_id, index)
             break
@@ -150,7 +176,8 @@ def run_local_sweep(
             run.history.append({metric: row[metric], "epoch": row["epoch"]})
             if "early_terminate" not in config:
                 return False
-            to_stop = sw.stop_runs(sweep_config, runs, validate=False)
+            with engine_rng:
+                to_stop = sw.stop_runs(sweep_config, runs, validate=False)
             return any(r.name == run.name for r in to_stop)
 
         trial: dict[str, Any] = {"trial": index + 1, "run_id": run_name, **params}

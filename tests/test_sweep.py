@@ -122,3 +122,24 @@ def test_runner_honours_early_termination(tmp_path, monkeypatch):
               "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2}}
     result = run_local_sweep(_write(tmp_path, config), count=1, overrides=[*BASE, "train.epochs=3"], sweep_id="h", root=tmp_path)
     assert result.trials[0]["state"] == "stopped (hyperband)" and result.trials[0]["epochs"] == 1
+
+
+def test_bayes_proposals_differ_between_trials(tmp_path, monkeypatch):
+    """Trials reseed numpy; the engine keeps its own random state, so proposals do not repeat."""
+    import research.train as train_mod
+
+    def fake_train(cfg, *, command=None, on_epoch=None):
+        import numpy as np
+
+        np.random.seed(0)  # what every real trial does to the global RNG
+        value = 0.5  # a flat objective: only the engine's randomness separates the proposals
+        on_epoch({"epoch": 1, "val/macro_f1": value})
+        return {"best": {"val/macro_f1": value}, "epochs_run": 1, "run_dir": str(tmp_path)}
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    config = {"method": "bayes", "metric": {"name": "val/macro_f1", "goal": "maximize"},
+              "parameters": {"optim.lr": {"distribution": "uniform", "min": 0.001, "max": 0.1},
+                             "augment.rotate_limit": {"distribution": "uniform", "min": 0, "max": 20}}}
+    result = run_local_sweep(_write(tmp_path, config), count=5, sweep_id="b", root=tmp_path, seed=1)
+    lrs = [t["optim.lr"] for t in result.trials]
+    assert len(set(lrs)) == 5
