@@ -1,0 +1,302 @@
+"""Folder datasets in the course layout: ``<root>/train/<class>/*`` and ``<root>/validation/<class>/*``.
+
+Every image is decoded once when the dataset is built, so a corrupt file is reported by
+path before training starts instead of crashing epoch 7. With ``cache=True`` the decoded
+images (shrunk to the training size) stay in memory and later epochs decode nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from research.data.classes import CANONICAL_CLASSES, map_folders
+from research.data.images import ImageDecodeError, is_image_path, load_image
+
+log = logging.getLogger(__name__)
+
+BadFilePolicy = Literal["error", "skip"]
+SPLIT_SPELLINGS: dict[str, tuple[str, ...]] = {
+    "train": ("train", "training"),
+    "validation": ("validation", "val", "valid", "test"),
+    "test": ("test", "testing"),
+}
+DEMO_ROOT = "demo"
+
+
+class DatasetLayoutError(ValueError):
+    """The dataset folder does not have the expected layout; the message says how to fix it."""
+
+
+@dataclass
+class SplitScan:
+    """What was found in one split folder (before decoding)."""
+
+    split: str
+    folder: Path
+    paths: list[Path]
+    targets: list[int]
+    not_images: list[Path] = field(default_factory=list)
+
+
+def find_split_dir(root: Path, split: str) -> Path:
+    """Return the folder of ``split`` under ``root``, accepting common spellings (val, test...)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(
+            f"dataset folder {root} does not exist. Run `poetry run fetch-data` or pass data.root=DIR "
+            "(a folder with train/ and validation/ class folders), or data.root=demo."
+        )
+    spellings = SPLIT_SPELLINGS.get(split, (split,))
+    children = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
+    for name in spellings:
+        if name in children:
+            if name != split:
+                log.warning("using %s as the %r split", children[name], split)
+            return children[name]
+    raise DatasetLayoutError(
+        f"no {split!r} split in {root}: expected one of {', '.join(s + '/' for s in spellings)}; "
+        f"found {sorted(children) or 'no folders'}."
+    )
+
+
+def scan_split(folder: Path, split: str) -> SplitScan:
+    """List class folders and image files of one split; checks the layout, decodes nothing."""
+    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not class_dirs:
+        raise DatasetLayoutError(
+            f"{folder} has no class folders. Put each class's images in its own folder, "
+            f"e.g. {folder}/alegria/*.jpg."
+        )
+    mapping = map_folders(p.name for p in class_dirs)
+    scan = SplitScan(split=split, folder=folder, paths=[], targets=[])
+    for class_dir in class_dirs:
+        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        images = [p for p in files if is_image_path(p)]
+        scan.not_images.extend(p for p in files if not is_image_path(p))
+        if not images:
+            raise DatasetLayoutError(
+                f"class folder {class_dir} has no images (jpg/png/bmp/webp...). "
+                "Add images or remove the folder."
+            )
+        label = CANONICAL_CLASSES.index(mapping[class_dir.name])
+        scan.paths.extend(images)
+        scan.targets.extend([label] * len(images))
+    return scan
+
+
+def shrink_to(image: np.ndarray, longest: int | None) -> np.ndarray:
+    """Downscale so the longest side is ``longest`` (never upscales); area interpolation."""
+    if longest is None or max(image.shape[:2]) <= longest:
+        return image
+    h, w = image.shape[:2]
+    scale = longest / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+
+
+def decode_all(
+    paths: Sequence[Path],
+    *,
+    keep_size: int | None,
+    keep: bool,
+    workers: int = 4,
+    desc: str = "decode",
+) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
+    """Decode every file (threads; PIL releases the GIL). Returns images (or None) and failures."""
+
+    def one(path: Path) -> np.ndarray | str:
+        try:
+            image = load_image(path)
+        except ImageDecodeError as err:
+            return str(err)
+        return shrink_to(image, keep_size) if keep else np.empty(0)
+
+    images: list[np.ndarray | None] = []
+    failures: list[tuple[Path, str]] = []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(one, paths)
+        for path, result in tqdm(zip(paths, results, strict=True), total=len(paths), desc=desc, leave=False, disable=None):
+            if isinstance(result, str):
+                failures.append((path, result))
+                images.append(None)
+            else:
+                images.append(result if keep else None)
+    return images, failures
+
+
+class EmotionDataset(Dataset):
+    """Labelled face images: ``dataset[i] -> (tensor CxHxW float32, label int)``.
+
+    Images come from memory (``images``) or are decoded from ``paths`` on access.
+    ``transform`` is an albumentations pipeline ending in ``ToTensorV2``.
+    """
+
+    def __init__(
+        self,
+        targets: Sequence[int],
+        *,
+        names: Sequence[str],
+        paths: Sequence[Path] | None = None,
+        images: Sequence[np.ndarray] | None = None,
+        transform: Callable | None = None,
+        split: str = "",
+        keep_size: int | None = None,
+    ) -> None:
+        if (paths is None) == (images is None):
+            raise ValueError("give exactly one of paths or images")
+        self.targets = list(targets)
+        self.names = list(names)
+        self.paths = list(paths) if paths is not None else None
+        self.images = list(images) if images is not None else None
+        self.transform = transform
+        self.split = split
+        self.keep_size = keep_size
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def load(self, index: int) -> np.ndarray:
+        """The untransformed image, HxWx3 uint8 RGB."""
+        if self.images is not None:
+            return self.images[index]
+        return shrink_to(load_image(self.paths[index]), self.keep_size)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.load(index)
+        if self.transform is None:
+            return torch.from_numpy(image).permute(2, 0, 1).float().div(255.0), self.targets[index]
+        return self.transform(image=image)["image"], self.targets[index]
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Images per canonical class (0 for absent classes), in class-index order."""
+        counts = Counter(self.targets)
+        return {name: counts.get(i, 0) for i, name in enumerate(CANONICAL_CLASSES)}
+
+    @property
+    def present_classes(self) -> list[int]:
+        return sorted(set(self.targets))
+
+
+@dataclass
+class DataBundle:
+    """Train and validation datasets plus what the report needs to know about them."""
+
+    train: EmotionDataset
+    val: EmotionDataset
+    root: str
+    name: str
+    synthetic: bool
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def class_counts(self) -> dict[str, dict[str, int]]:
+        return {"train": self.train.class_counts, "validation": self.val.class_counts}
+
+
+def load_split(
+    folder: Path,
+    split: str,
+    *,
+    bad_files: BadFilePolicy = "error",
+    cache: bool = True,
+    keep_size: int | None = None,
+    workers: int = 4,
+) -> tuple[EmotionDataset, list[tuple[Path, str]]]:
+    """Scan and decode one split folder. Returns the dataset and the skipped files with reasons."""
+    scan = scan_split(folder, split)
+    skipped = [(p, f"{p}: not an image file (extension {p.suffix or 'none'})") for p in scan.not_images]
+    images, failures = decode_all(
+        scan.paths, keep_size=keep_size, keep=cache, workers=workers, desc=f"decode {split}"
+    )
+    skipped.extend(failures)
+    if skipped:
+        listing = "\n  ".join(reason for _, reason in skipped[:20])
+        more = f"\n  ... and {len(skipped) - 20} more" if len(skipped) > 20 else ""
+        if bad_files == "error" and failures:
+            raise ImageDecodeError(
+                f"{len(failures)} file(s) in {folder} cannot be decoded:\n  {listing}{more}\n"
+                "Fix or delete them, or set data.bad_files=skip to train without them."
+            )
+        log.warning("%s: %d file(s) left out:\n  %s%s", folder, len(skipped), listing, more)
+    bad = {p for p, _ in failures}
+    keep_idx = [i for i, p in enumerate(scan.paths) if p not in bad]
+    if not keep_idx:
+        raise DatasetLayoutError(f"{folder}: no readable images at all.")
+    names = [str(scan.paths[i].relative_to(folder)) for i in keep_idx]
+    targets = [scan.targets[i] for i in keep_idx]
+    if cache:
+        dataset = EmotionDataset(targets, names=names, images=[images[i] for i in keep_idx], split=split)
+    else:
+        paths = [scan.paths[i] for i in keep_idx]
+        dataset = EmotionDataset(targets, names=names, paths=paths, split=split, keep_size=keep_size)
+    return dataset, skipped
+
+
+def check_same_classes(train: EmotionDataset, val: EmotionDataset, root: str) -> None:
+    """Train and validation must hold the same classes; say which differ."""
+    train_set, val_set = set(train.present_classes), set(val.present_classes)
+    if train_set != val_set:
+        only_train = [CANONICAL_CLASSES[i] for i in sorted(train_set - val_set)]
+        only_val = [CANONICAL_CLASSES[i] for i in sorted(val_set - train_set)]
+        raise DatasetLayoutError(
+            f"train and validation in {root} hold different classes: only in train {only_train}, "
+            f"only in validation {only_val}. Add the missing class folders (with images) to both splits."
+        )
+
+
+def load_datasets(
+    root: str | Path,
+    *,
+    bad_files: BadFilePolicy = "error",
+    cache: bool = True,
+    keep_size: int | None = None,
+    require_all_classes: bool = True,
+    workers: int = 4,
+    demo_size: int = 64,
+    demo_scale: float = 1.0,
+    seed: int = 0,
+) -> DataBundle:
+    """Build train/validation datasets from a folder root, or the synthetic demo set for ``"demo"``."""
+    if str(root) == DEMO_ROOT:
+        from research.data.demo import make_demo_split
+
+        splits = {}
+        for split in ("train", "validation"):
+            images, targets = make_demo_split(split, size=demo_size, seed=seed, scale=demo_scale)
+            names = [f"{split}/{CANONICAL_CLASSES[t]}/{i:05d}.png" for i, t in enumerate(targets)]
+            splits[split] = EmotionDataset(targets, names=names, images=images, split=split)
+        log.info("using the built-in SYNTHETIC demo data (drawn faces), not real photos")
+        return DataBundle(
+            splits["train"], splits["validation"], root=DEMO_ROOT, name="synthetic demo data", synthetic=True
+        )
+
+    root = Path(root).expanduser()
+    train_dir, val_dir = find_split_dir(root, "train"), find_split_dir(root, "validation")
+    kwargs = dict(bad_files=bad_files, cache=cache, keep_size=keep_size, workers=workers)
+    train, skipped_train = load_split(train_dir, "train", **kwargs)
+    val, skipped_val = load_split(val_dir, "validation", **kwargs)
+    check_same_classes(train, val, str(root))
+    missing = [c for i, c in enumerate(CANONICAL_CLASSES) if i not in train.present_classes]
+    if missing:
+        message = f"{root} has no images of {missing}; the model still has {len(CANONICAL_CLASSES)} outputs."
+        if require_all_classes:
+            raise DatasetLayoutError(message + " Add those class folders or set data.require_all_classes=false.")
+        log.warning(message)
+    log.info(
+        "dataset %s: %d train images (%s), %d validation images (%s)",
+        root, len(train), train_dir.name, len(val), val_dir.name,
+    )
+    return DataBundle(train, val, root=str(root), name=root.name, synthetic=False, skipped=skipped_train + skipped_val)
