@@ -124,6 +124,7 @@ def test_runner_honours_early_termination(tmp_path, monkeypatch):
     assert result.trials[0]["state"] == "stopped (hyperband)" and result.trials[0]["epochs"] == 1
 
 
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_bayes_proposals_differ_between_trials(tmp_path, monkeypatch):
     """Trials reseed numpy; the engine keeps its own random state, so proposals do not repeat."""
     import research.train as train_mod
