@@ -68,6 +68,7 @@ def train_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="train",
+        allow_abbrev=False,  # overrides like --data.root=X must never match an option prefix
         description="Train one model and write a run folder (runs/<id>/: config, history, summary, "
         "checkpoints, figures, classification report), logged to W&B (online, offline or disabled).",
         epilog=EPILOG_OVERRIDES
@@ -262,6 +263,7 @@ def report_main(argv: Sequence[str] | None = None) -> None:
 def sweep_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="sweep",
+        allow_abbrev=False,  # overrides like --data.root=X must never match an option prefix
         description="Run a W&B sweep YAML locally, offline, with W&B's own search engine (grid/random/bayes, "
         "hyperband early termination). Each trial is a normal training run (an offline W&B run to sync later); "
         "runs/sweeps/<sweep-id>/ gets trials.csv and best.json. Online, use `wandb sweep` + `wandb agent` instead.",
@@ -292,6 +294,7 @@ def sweep_main(argv: Sequence[str] | None = None) -> None:
 def pipeline_main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="pipeline",
+        allow_abbrev=False,  # overrides like --data.root=X must never match an option prefix
         description="The whole study in one command: train each model, score the new images raw and "
         "Haar-cropped, and write reports/results.md. --data demo runs offline on CPU in minutes with "
         "generated faces (every number is labelled synthetic).",
