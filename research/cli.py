@@ -87,14 +87,14 @@ def train_parser() -> argparse.ArgumentParser:
 
 def resolve_train_config(preset: str | None, overrides: Sequence[str]):
     """Preset + overrides; with ``run.resume`` the resumed run's own config is the base."""
-    from research.config import load_config, load_saved_config, parse_overrides, with_overrides
+    from research.config import load_config, load_saved_config, parse_overrides
     from research.tracking.runs import RunFolder
 
     items = parse_overrides(overrides)
     resume = next((i.split("=", 1)[1] for i in items if i.startswith("run.resume=")), None)
     if resume and resume not in ("null", "None"):
         run = RunFolder.open(resume)
-        return with_overrides(load_saved_config(run.config_path), [*items, f"run.resume={run.path}"])
+        return load_saved_config(run.config_path, [*items, f"run.resume={run.path}"])
     return load_config(preset, items)
 
 

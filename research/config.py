@@ -314,22 +314,9 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
     return flat
 
 
-def load_saved_config(path: str | Path) -> DictConfig:
-    """Re-load a run folder's config.yaml through the schema, validated and read-only."""
+def load_saved_config(path: str | Path, overrides: Sequence[str] = ()) -> DictConfig:
+    """Re-load a run folder's config.yaml through the schema (plus overrides), validated and read-only."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path} not found: is this a run folder made by `poetry run train`?")
-    cfg = _merge_checked(OmegaConf.structured(Config), OmegaConf.load(path), f"config file {path}")
-    OmegaConf.set_readonly(cfg, True)
-    return cfg
-
-
-def with_overrides(cfg: DictConfig, overrides: Sequence[str]) -> DictConfig:
-    """A copy of a config with ``key=value`` overrides applied and validated."""
-    out = OmegaConf.create(OmegaConf.to_container(cfg))
-    out = _merge_checked(OmegaConf.structured(Config), out, "config")
-    for item in parse_overrides(overrides):
-        out = _override_node(out, item)
-    validate(out)
-    OmegaConf.set_readonly(out, True)
-    return out
+    return load_config(path, overrides)

@@ -110,14 +110,12 @@ def evaluate_run(
     num_workers: int = 0,
 ) -> EvaluationResult:
     """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``."""
+    from research.train import face_cropper
+
     paths, targets, layout = find_labelled_images(Path(data_dir), split)
     name = name or "-".join(x for x in (Path(data_dir).name, split, "haar" if face == "haar" else "", "tta" if tta == "hflip" else "") if x)
     out_dir = Path(out) if out else loaded.run.evaluations / name
-    f = loaded.cfg.faces
-    cropper = (
-        HaarFaceCropper(scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin, pad=f.pad, upscale_to=f.upscale_to, fallback=True)
-        if face == "haar" else None
-    )
+    cropper = face_cropper(loaded.cfg, fallback=True) if face == "haar" else None
     dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     probs, kept_targets, failed, no_face = [], [], [], 0
@@ -183,21 +181,16 @@ def format_table(result: EvaluationResult) -> str:
 
 def evaluate_cli(args: Any) -> EvaluationResult:
     """``poetry run evaluate``: evaluation + a W&B run (job type evaluate) linked to the training run."""
-    from research.config import flatten
-    from research.tracking.wandb_log import WandbRun
-    from research.train import load_run
+    from research.train import linked_wandb_run, load_run
 
     loaded = load_run(args.run, which=args.checkpoint)
     result = evaluate_run(
         loaded, args.data_dir, split=args.split, face=args.face, tta=args.tta, out=args.out, name=args.name,
         batch_size=args.batch_size, bad_files=args.bad_files,
     )
-    w = loaded.cfg.wandb
-    wandb_run = WandbRun(
-        run_id=f"{loaded.run.run_id}-eval-{result.name}", run_dir=loaded.run.path,
-        config={**flatten(loaded.cfg), "source_run": loaded.run.run_id, "eval.dataset": str(args.data_dir), "eval.split": args.split},
-        mode=args.wandb or w.mode, project=w.project, entity=w.entity, group=w.group or loaded.run.run_id,
-        tags=[*w.tags, "evaluate"], job_type="evaluate", wandb_dir=w.dir, resume=True,
+    wandb_run = linked_wandb_run(
+        loaded, job_type="evaluate", name=f"eval-{result.name}", mode=args.wandb,
+        extra_config={"eval.dataset": str(args.data_dir), "eval.split": args.split},
     )
     try:
         m = result.metrics

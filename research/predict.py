@@ -188,14 +188,10 @@ def predict_folder(
     loaded: Any = None,
 ) -> dict[str, Any]:
     """Score a folder in the requested modes; returns ``{"modes": {mode: records}, "comparison": ...}``."""
-    from research.train import load_run
+    from research.train import face_cropper, load_run
 
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
-    f = loaded.cfg.faces
-    cropper = HaarFaceCropper(
-        scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin, pad=f.pad, upscale_to=f.upscale_to,
-        fallback=f.fallback if fallback is None else fallback,
-    )
+    cropper = face_cropper(loaded.cfg, fallback=fallback)
     images, skipped = read_new_images(images_dir)
     out_root = Path(out) if out else loaded.run.predictions
     by_mode = {
@@ -227,17 +223,10 @@ def predict_cli(
     run: Path, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool, wandb_mode: str | None
 ) -> dict[str, Any]:
     """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run."""
-    from research.config import flatten
-    from research.tracking.wandb_log import WandbRun
-    from research.train import load_run
+    from research.train import linked_wandb_run, load_run
 
     loaded = load_run(run, which=checkpoint)
-    w = loaded.cfg.wandb
-    wandb_run = WandbRun(
-        run_id=f"{loaded.run.run_id}-predict", run_dir=loaded.run.path, config={**flatten(loaded.cfg), "source_run": loaded.run.run_id},
-        mode=wandb_mode or w.mode, project=w.project, entity=w.entity, group=w.group or loaded.run.run_id,
-        tags=[*w.tags, "predict"], job_type="predict", wandb_dir=w.dir, resume=True,
-    )
+    wandb_run = linked_wandb_run(loaded, job_type="predict", name="predict", mode=wandb_mode)
     try:
         result = predict_folder(loaded.run, images, face=face, out=out, checkpoint=checkpoint, fallback=fallback, wandb_run=wandb_run, loaded=loaded)
     finally:

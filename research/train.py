@@ -384,3 +384,24 @@ def predict_arrays(loaded: LoadedRun, images: list[np.ndarray], *, batch_size: i
             probs.append(torch.softmax(logits.float(), dim=1).cpu())
     return torch.cat(probs).numpy(), tensors
 
+
+def face_cropper(cfg: DictConfig, *, fallback: bool | None = None):
+    """The Haar cropper of a run's ``faces`` settings (``fallback`` overrides the config's)."""
+    from research.faces import HaarFaceCropper
+
+    f = cfg.faces
+    return HaarFaceCropper(
+        scale_factor=f.scale_factor, min_neighbors=f.min_neighbors, min_size=f.min_size, margin=f.margin,
+        pad=f.pad, upscale_to=f.upscale_to, fallback=f.fallback if fallback is None else fallback,
+    )
+
+
+def linked_wandb_run(loaded: LoadedRun, *, job_type: str, name: str, mode: str | None, extra_config: dict[str, Any] | None = None) -> WandbRun:
+    """A W&B run for work done with a trained run (predict, evaluate), grouped with it."""
+    w = loaded.cfg.wandb
+    return WandbRun(
+        run_id=f"{loaded.run.run_id}-{name}", run_dir=loaded.run.path,
+        config={**flatten(loaded.cfg), "source_run": loaded.run.run_id, **(extra_config or {})},
+        mode=mode or w.mode, project=w.project, entity=w.entity, group=w.group or loaded.run.run_id,
+        tags=[*w.tags, job_type], job_type=job_type, wandb_dir=w.dir, resume=True,
+    )

@@ -30,10 +30,6 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def is_model(name: str) -> bool:
-    return name in _REGISTRY or name.startswith(TIMM_PREFIX)
-
-
 def create_model(name: str, num_classes: int = 7, **kwargs: Any) -> nn.Module:
     """Build a registered model (or ``timm/<name>``) with a ``num_classes`` head."""
     if name.startswith(TIMM_PREFIX):
