@@ -1,4 +1,5 @@
-"""Console scripts: each ``main`` parses arguments, calls the library and exits."""
+"""Console scripts: each ``main`` builds its parser and hands one action to :func:`run_main`,
+which parses, sets up logging, calls the library and exits (0, 2 for user errors, 130 for Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,22 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from research.config import CHOICES
+
 log = logging.getLogger("research")
 
+OVERRIDES_USAGE = "[key=value ...]"
 EPILOG_OVERRIDES = """\
 overrides: any config key as key=value or --key=value (the form `wandb agent` passes), e.g.
-  optim.lr=3e-4 train.epochs=5 data.root=../data/dataset_emociones augment.preset=strong
+  optim.lr=3e-4 train.epochs=5 data.root=data/dataset_emociones augment.preset=strong
   model.pretrained_file=weights.pth wandb.mode=offline run.name=my-run
+  (all keys with defaults: `poetry run train --print-config`)
 """
+WANDB_MODES = CHOICES["wandb.mode"]
+# `predict --face`: "raw" scores the whole photo; "none" is accepted as its old name.
+FACE_MODES = ("raw", "haar", "both")
+
+Action = Callable[[argparse.Namespace, list[str]], int | None]
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -30,58 +40,79 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def run_main(fn: Callable[[], int | None]) -> None:
-    """Run a command; user errors become one clear line and exit code 2, Ctrl-C exits 130."""
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by input or environment: one line and exit code 2, no traceback."""
     from research.config import ConfigError
+    from research.data.augment import AugmentError
     from research.data.classes import UnknownClassError
     from research.data.datasets import DatasetLayoutError
     from research.data.download import DownloadError
     from research.data.images import ImageDecodeError
     from research.engine.trainer import NonFiniteLossError
+    from research.faces import NoFaceFoundError
     from research.models.backbones import PretrainedWeightsError
     from research.report import WandbReportError
-    from research.tracking.runs import RunFolderError
+    from research.tracking.runs import OutputWriteError, RunFolderError
 
-    user_errors = (
-        ConfigError, UnknownClassError, DatasetLayoutError, DownloadError, ImageDecodeError,
-        NonFiniteLossError, PretrainedWeightsError, RunFolderError, WandbReportError, FileNotFoundError,
-        FileExistsError, KeyError,
+    return (
+        ConfigError, AugmentError, UnknownClassError, DatasetLayoutError, DownloadError, ImageDecodeError,
+        NonFiniteLossError, NoFaceFoundError, PretrainedWeightsError, RunFolderError, WandbReportError,
+        OutputWriteError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError,
     )
+
+
+def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action: Action, *, overrides: bool = False) -> None:
+    """Parse ``argv`` (unknown ``key=value`` items pass through as overrides when ``overrides``), set up
+    logging and run ``action(args, overrides)``; user errors become one clear line and exit code 2."""
+    if overrides:
+        args, extra = parser.parse_known_args(argv)
+    else:
+        args, extra = parser.parse_args(argv), []
+    setup_logging(args.verbose)
     try:
-        sys.exit(fn() or 0)
+        sys.exit(action(args, list(extra)) or 0)
     except KeyboardInterrupt:
         log.error("interrupted")
         sys.exit(130)
-    except user_errors as err:
+    except user_errors() as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         log.error("%s", message)
         sys.exit(2)
 
 
-def _add_verbose(parser: argparse.ArgumentParser) -> None:
+def _parser(prog: str, description: str, epilog: str, *, overrides: bool = False) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=not overrides,  # overrides like --data.root=X must never match an option prefix
+    )
+    if overrides:
+        parser.usage = f"%(prog)s [options] {OVERRIDES_USAGE}"
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def _print(text: object) -> None:
+    """Command output for scripts (a path, a list): stdout, not the log."""
+    sys.stdout.write(f"{text}\n")
 
 
 # --- train ------------------------------------------------------------------------------
 def train_parser() -> argparse.ArgumentParser:
     from research.config import list_presets
 
-    parser = argparse.ArgumentParser(
-        prog="train",
-        allow_abbrev=False,  # overrides like --data.root=X must never match an option prefix
-        description="Train one model and write a run folder (runs/<id>/: config, history, summary, "
-        "checkpoints, figures, classification report), logged to W&B (online, offline or disabled).",
-        epilog=EPILOG_OVERRIDES
-        + f"\npresets: {', '.join(list_presets())}\n\nexamples:\n"
+    parser = _parser(
+        "train",
+        "Train one model and write a run folder (runs/<id>/: config, history, summary, checkpoints, "
+        "figures, classification report), logged to W&B (online, offline or disabled).",
+        EPILOG_OVERRIDES + f"\npresets: {', '.join(list_presets())}\n\nexamples:\n"
         "  poetry run train --config scratch_cnn data.root=demo train.epochs=3\n"
         "  poetry run train --config resnet18 data.root=data/dataset_emociones optim.lr=1e-4\n"
         "  poetry run train run.resume=runs/scratch_cnn-20260101-120000   # continue an interrupted run",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        overrides=True,
     )
     parser.add_argument("--config", "-c", help="preset name (research/configs/NAME.yaml) or a YAML file")
     parser.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    _add_verbose(parser)
     return parser
 
 
@@ -98,223 +129,225 @@ def resolve_train_config(preset: str | None, overrides: Sequence[str]):
     return load_config(preset, items)
 
 
-def train_main(argv: Sequence[str] | None = None) -> None:
-    parser = train_parser()
-    args, overrides = parser.parse_known_args(argv)
-    setup_logging(args.verbose)
+def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] | None) -> int:
+    from research.config import to_yaml
+    from research.models import list_models
 
-    def go() -> int:
-        from research.config import to_yaml
-        from research.models import list_models
-
-        if args.list_models:
-            print("\n".join([*list_models(), "timm/<any timm model name>"]))  # noqa: T201 (command output)
-            return 0
-        cfg = resolve_train_config(args.config, overrides)
-        if args.print_config:
-            print(to_yaml(cfg))  # noqa: T201
-            return 0
-        from research.train import train
-
-        command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
-        summary = train(cfg, command=command)
-        print(summary["run_dir"])  # noqa: T201 (the run folder, for scripts)
+    if args.list_models:
+        _print("\n".join([*list_models(), "timm/<any timm model name>"]))
         return 0
+    cfg = resolve_train_config(args.config, overrides)
+    if args.print_config:
+        _print(to_yaml(cfg))
+        return 0
+    from research.predict import new_images_step
+    from research.train import train
 
-    run_main(go)
+    command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
+    after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
+    _print(train(cfg, command=command, after_fit=after_fit).run_dir)
+    return 0
+
+
+def train_main(argv: Sequence[str] | None = None) -> None:
+    run_main(train_parser(), argv, lambda args, extra: _train(args, extra, argv), overrides=True)
 
 
 # --- fetch-data ---------------------------------------------------------------------------
 def fetch_data_main(argv: Sequence[str] | None = None) -> None:
     from research.data.download import COURSE_DRIVE_ID, DEFAULT_DATA_DIR
 
-    parser = argparse.ArgumentParser(
-        prog="fetch-data",
-        description="Download the course dataset (a zip on Google Drive) with gdown, unpack it, find "
+    parser = _parser(
+        "fetch-data",
+        "Download the course dataset (a zip on Google Drive) with gdown, unpack it, find "
         "dataset_emociones/train and dataset_emociones/validation, verify the class folders and print "
         "images per class. Idempotent: does nothing when the dataset is already there.",
-        epilog="examples:\n  poetry run fetch-data\n  poetry run fetch-data --zip ~/Downloads/dataset_emociones.zip\n"
+        "examples:\n  poetry run fetch-data\n  poetry run fetch-data --zip ~/Downloads/dataset_emociones.zip\n"
         "then train with data.root=<the printed folder>",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where to put it (default: %(default)s)")
     parser.add_argument("--zip", type=Path, help="use this zip already on disk instead of downloading")
     parser.add_argument("--drive-id", default=COURSE_DRIVE_ID, help="Google Drive file id (default: the course zip)")
     parser.add_argument("--force", action="store_true", help="download and unpack again")
-    _add_verbose(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
 
-    def go() -> int:
+    def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.data.download import fetch_course_dataset, format_counts
 
         root, counts = fetch_course_dataset(args.data_dir, zip_path=args.zip, drive_id=args.drive_id, force=args.force)
         log.info("dataset ready at %s\n%s", root, format_counts(counts))
-        print(root)  # noqa: T201
+        _print(root)
         return 0
 
-    run_main(go)
+    run_main(parser, argv, action)
 
 
 # --- predict ------------------------------------------------------------------------------
+def _face_mode(value: str) -> str:
+    value = "raw" if value == "none" else value
+    if value not in FACE_MODES:
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(FACE_MODES)})")
+    return value
+
+
 def predict_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="predict",
-        description="Score a folder of new photos with a trained run, raw and/or after a Haar-cascade "
+    parser = _parser(
+        "predict",
+        "Score a folder of new photos with a trained run, raw (the whole photo) and/or after a Haar-cascade "
         "face crop, using the run's own eval preprocessing. Writes per-image panels (original with the "
         "detection box, crop, model input, class scores), a sheet, predictions.json and, when file names "
         "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped.",
-        epilog="example: poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "example: poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both",
     )
     parser.add_argument("images", type=Path, help="folder of images (jpg/png/webp/bmp, any size)")
     parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
-    parser.add_argument("--face", choices=("none", "haar", "both"), default="both", help="raw, face-cropped, or both (default)")
+    parser.add_argument(
+        "--face", type=_face_mode, default="both", metavar="{raw,haar,both}",
+        help="raw (whole photo), haar (face-cropped), or both (default)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions)")
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--no-fallback", action="store_true", help="skip images without a detected face instead of using the whole image")
-    parser.add_argument("--wandb", default=None, choices=("auto", "online", "offline", "disabled"), help="W&B mode for the prediction table (default: the run's)")
-    _add_verbose(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to score with (default: best)")
+    parser.add_argument("--no-fallback", action="store_true", help="haar: leave out images without a detected face instead of scoring the whole image")
+    parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode for the prediction table (default: the run's)")
 
-    def go() -> int:
+    def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.predict import predict_cli
 
         predict_cli(args.run, args.images, face=args.face, out=args.out, checkpoint=args.checkpoint,
                     fallback=not args.no_fallback, wandb_mode=args.wandb)
         return 0
 
-    run_main(go)
+    run_main(parser, argv, action)
 
 
 # --- evaluate -------------------------------------------------------------------------------
 def evaluate_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="evaluate",
-        description="Score a trained run on any labelled image set: a folder of class subfolders, a dataset "
+    parser = _parser(
+        "evaluate",
+        "Score a trained run on any labelled image set: a folder of class subfolders, a dataset "
         "root with split folders (--split), or a flat folder whose file names carry labels. Class folders in "
         "Spanish or English map to the same emotions. Writes <run>/evaluations/<name>/ (metrics.json, "
         "classification report, confusion matrices) and logs to W&B.",
-        epilog="examples:\n  poetry run evaluate --run runs/<id> data/fer2013 --split test\n"
+        "examples:\n  poetry run evaluate --run runs/<id> data/fer2013 --split test\n"
         "  poetry run evaluate --run runs/<id> ../shared/data/new-images --face haar",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("data_dir", type=Path, help="labelled images")
     parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
     parser.add_argument("--split", help="split folder inside DATA_DIR (e.g. test, validation)")
-    parser.add_argument("--face", choices=("none", "haar"), default="none", help="Haar face crop first (default: none)")
-    parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation")
+    parser.add_argument(
+        "--face", type=_face_mode, default="raw", metavar="{raw,haar}", help="haar: crop the face first (default: raw)"
+    )
+    parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation (default: none)")
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/evaluations/<name>)")
     parser.add_argument("--name", help="evaluation name (default: derived from DATA_DIR and options)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--checkpoint", default="best", choices=("best", "last"))
-    parser.add_argument("--bad-files", choices=("error", "skip"), default="skip", help="undecodable files: stop or leave out (reported)")
-    parser.add_argument("--wandb", default=None, choices=("auto", "online", "offline", "disabled"))
-    _add_verbose(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to score with (default: best)")
+    parser.add_argument(
+        "--bad-files", choices=CHOICES["data.bad_files"], default="skip",
+        help="undecodable files: stop (error) or leave out and report (skip, default)",
+    )
+    parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode (default: the run's)")
 
-    def go() -> int:
+    def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.evaluate import evaluate_cli
 
+        if args.face == "both":
+            parser.error("--face both is for predict; evaluate takes raw or haar")
         evaluate_cli(args)
         return 0
 
-    run_main(go)
+    run_main(parser, argv, action)
 
 
 # --- report -------------------------------------------------------------------------------
 def report_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="report",
-        description="Write the markdown comparison of trained runs (tables, curves, confusion matrices, "
+    from research.report import DEFAULT_TITLE
+
+    parser = _parser(
+        "report",
+        "Write the markdown comparison of trained runs (tables, curves, confusion matrices, "
         "classification reports, new-image predictions, evaluations, conclusions computed from the numbers).",
-        epilog="examples:\n  poetry run report\n  poetry run report --runs runs/study --out reports/results.md\n"
+        "examples:\n  poetry run report\n  poetry run report --runs runs/study --out reports/results.md\n"
         "  poetry run report --wandb my-entity/fer-research   # online: read runs from W&B",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--runs", nargs="+", type=Path, default=[Path("runs")], help="run folders or folders of runs (default: runs/)")
     parser.add_argument("--out", type=Path, default=Path("reports/results.md"), help="markdown file (default: %(default)s)")
     parser.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read finished runs from W&B instead (online only)")
-    parser.add_argument("--title", default="Facial-expression recognition: model comparison")
+    parser.add_argument("--title", default=DEFAULT_TITLE, help="the report's heading")
     parser.add_argument(
         "--no-new-image-figures", action="store_true",
         help="tables only in the new-image section (no prediction sheets: e.g. photos you may not publish)",
     )
-    _add_verbose(parser)
-    args = parser.parse_args(argv)
-    setup_logging(args.verbose)
 
-    def go() -> int:
+    def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.report import report_cli
 
-        path = report_cli(
+        _print(report_cli(
             args.runs, args.out, wandb_path=args.wandb, title=args.title,
             include_new_image_figures=not args.no_new_image_figures,
-        )
-        print(path)  # noqa: T201
+        ))
         return 0
 
-    run_main(go)
+    run_main(parser, argv, action)
 
 
 # --- sweep --------------------------------------------------------------------------------
 def sweep_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="sweep",
-        allow_abbrev=False,  # overrides like --data.root=X must never match an option prefix
-        description="Run a W&B sweep YAML locally, offline, with W&B's own search engine (grid/random/bayes, "
-        "hyperband early termination). Each trial is a normal training run (an offline W&B run to sync later); "
-        "runs/sweeps/<sweep-id>/ gets trials.csv and best.json. Online, use `wandb sweep` + `wandb agent` instead.",
-        epilog="example: poetry run sweep sweeps/scratch_cnn.yaml --count 4 data.root=demo train.epochs=2",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    parser = _parser(
+        "sweep",
+        "Run a W&B sweep YAML locally, offline, with W&B's own search engine (grid/random/bayes, hyperband "
+        "early termination). Each trial is a normal training run (an offline W&B run to sync later); "
+        "runs/sweeps/<sweep-id>/ gets trials.csv and best.json, and the trial run folders under trials/. "
+        "Running the same command again with the same --sweep-id continues the sweep. Online, use "
+        "`wandb sweep` + `wandb agent` instead.",
+        EPILOG_OVERRIDES + "\nexamples:\n  poetry run sweep sweeps/scratch_cnn.yaml --count 4 data.root=demo train.epochs=2\n"
+        "  poetry run sweep sweeps/scratch_cnn.yaml --count 8 --sweep-id lr-search data.root=data/dataset_emociones",
+        overrides=True,
     )
-    parser.add_argument("sweep_yaml", type=Path)
-    parser.add_argument("--count", type=int, default=8, help="maximum number of trials (default: %(default)s)")
-    parser.add_argument("--sweep-id", help="name of runs/sweeps/<id> (default: <yaml stem>-<time>)")
+    parser.add_argument("sweep_yaml", type=Path, help="a W&B sweep YAML (see sweeps/)")
+    parser.add_argument("--count", type=_positive_int, default=8, help="new trials to run (default: %(default)s)")
+    parser.add_argument("--sweep-id", help="name of runs/sweeps/<id>; an existing one is continued (default: <yaml stem>-<time>)")
     parser.add_argument("--seed", type=int, help="seed of the search engine's proposals (default: fresh each sweep)")
-    _add_verbose(parser)
-    args, overrides = parser.parse_known_args(argv)
-    setup_logging(args.verbose)
 
-    def go() -> int:
+    def action(args: argparse.Namespace, overrides: list[str]) -> int:
         from research.sweep import run_local_sweep
 
-        result = run_local_sweep(
-            args.sweep_yaml, count=args.count, overrides=overrides, sweep_id=args.sweep_id, seed=args.seed
-        )
-        print(result.folder)  # noqa: T201
+        _print(run_local_sweep(args.sweep_yaml, count=args.count, overrides=overrides, sweep_id=args.sweep_id, seed=args.seed).folder)
         return 0
 
-    run_main(go)
+    run_main(parser, argv, action, overrides=True)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
 
 
 # --- pipeline -----------------------------------------------------------------------------
 def pipeline_main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="pipeline",
-        allow_abbrev=False,  # overrides like --data.root=X must never match an option prefix
-        description="The whole study in one command: train each model, score the new images raw and "
+    parser = _parser(
+        "pipeline",
+        "The whole study in one command: train each model, score the new images raw and "
         "Haar-cropped, and write reports/results.md. --data demo runs offline on CPU in minutes with "
         "generated faces (every number is labelled synthetic).",
-        epilog="examples:\n  poetry run pipeline --data demo\n"
+        EPILOG_OVERRIDES + "\nexamples:\n  poetry run pipeline --data demo\n"
         "  poetry run pipeline --data-dir ../shared/data/emociones-dev --images ../shared/data/new-images --epochs 10",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        overrides=True,
     )
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--data", choices=("demo",), help="built-in synthetic demo data")
+    source.add_argument("--data", choices=("demo",), help="built-in synthetic demo data (the default)")
     source.add_argument("--data-dir", type=Path, help="dataset folder with train/ and validation/")
     parser.add_argument("--images", type=Path, help="folder of new photos (default with --data demo: generated ones)")
     parser.add_argument("--models", default="scratch_cnn,resnet18,mobilenet_v3_small", help="comma-separated presets (default: %(default)s)")
-    parser.add_argument("--epochs", type=int, help="epochs per model (default: 4 on demo data, else each preset's)")
-    parser.add_argument("--runs-dir", type=Path, default=Path("runs/study"), help="where the run folders go")
-    parser.add_argument("--out", type=Path, default=Path("reports/results.md"))
-    _add_verbose(parser)
-    args, overrides = parser.parse_known_args(argv)
-    setup_logging(args.verbose)
+    parser.add_argument("--epochs", type=_positive_int, help="epochs per model (default: 4 on demo data, else each preset's)")
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs/study"), help="where the run folders go (default: %(default)s)")
+    parser.add_argument("--out", type=Path, default=Path("reports/results.md"), help="the report's markdown file (default: %(default)s)")
 
-    def go() -> int:
+    def action(args: argparse.Namespace, overrides: list[str]) -> int:
         from research.pipeline import run_pipeline
 
         result = run_pipeline(
@@ -322,7 +355,7 @@ def pipeline_main(argv: Sequence[str] | None = None) -> None:
             models=[m.strip() for m in args.models.split(",") if m.strip()], epochs=args.epochs,
             runs_dir=args.runs_dir, out=args.out, overrides=overrides,
         )
-        print(result.report)  # noqa: T201
+        _print(result.report)
         return 0 if result.ok else 1
 
-    run_main(go)
+    run_main(parser, argv, action, overrides=True)

@@ -10,14 +10,16 @@ the nearest valid ones, raised before any work starts.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import StringNode
+
+from research.data.augment import AUGMENT_PRESETS, AugmentError, augment_fields, resolve_augment
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -38,21 +40,14 @@ class DataConfig:
     demo_scale: float = 1.0  # size multiplier of the synthetic demo set (data.root=demo)
 
 
-@dataclass
-class AugmentConfig:
-    preset: str = "light"  # none | light | medium | strong
-    # Each magnitude overrides the preset's value when set (sweeps search these keys).
-    hflip_p: float | None = None
-    rotate_limit: float | None = None
-    shift_limit: float | None = None
-    scale_limit: float | None = None
-    affine_p: float | None = None
-    brightness_limit: float | None = None
-    contrast_limit: float | None = None
-    brightness_contrast_p: float | None = None
-    erasing_p: float | None = None
-    erasing_max_area: float | None = None
-    noise_blur_p: float | None = None
+# One schema for augmentation: ``augment.preset`` plus one optional key per magnitude of
+# :class:`research.data.augment.AugmentParams` (documented there); a set magnitude overrides
+# the preset's value, and sweeps search these keys.
+AugmentConfig = make_dataclass(
+    "AugmentConfig",
+    [("preset", str, field(default="light"))]
+    + [(name, Optional[float], field(default=None)) for name in augment_fields()],  # noqa: UP045 (OmegaConf needs Optional)
+)
 
 
 @dataclass
@@ -123,6 +118,7 @@ class WandbConfig:
     tags: list[str] = field(default_factory=list)
     log_model: bool = True  # upload best.pt as a model artifact
     dir: str | None = None  # where wandb/ run files go; default: the run folder
+    init_timeout: float = 20.0  # seconds to wait for the W&B server before recording offline instead
 
 
 @dataclass
@@ -140,7 +136,7 @@ class Config:
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.bad_files": ("error", "skip"),
     "data.sampler": ("shuffle", "balanced"),
-    "augment.preset": ("none", "light", "medium", "strong"),
+    "augment.preset": tuple(AUGMENT_PRESETS),
     "model.mode": ("finetune", "frozen"),
     "optim.name": ("adamw", "sgd"),
     "optim.scheduler": ("cosine", "step", "plateau", "none"),
@@ -269,29 +265,126 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
     return cfg
 
 
+# key -> (check, allowed values in words); every numeric key of the schema has one.
+RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "data.image_size": (lambda v: 16 <= v <= 1024, "an integer in [16, 1024]"),
+    "data.channels": (lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
+    "data.batch_size": (lambda v: v >= 1, ">= 1"),
+    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.demo_scale": (lambda v: 0 < v <= 100, "a size multiplier in (0, 100]"),
+    "model.unfreeze_epoch": (lambda v: v >= 0, ">= 0 (0 = never)"),
+    "model.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "optim.lr": (lambda v: v > 0, "> 0"),
+    "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
+    "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "optim.warmup_epochs": (lambda v: v >= 0, ">= 0"),
+    "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a fraction of optim.lr in [0, 1]"),
+    "optim.step_size": (lambda v: v >= 1, ">= 1 epoch"),
+    "optim.gamma": (lambda v: 0 < v <= 1, "a decay factor in (0, 1]"),
+    "train.epochs": (lambda v: v >= 1, ">= 1"),
+    "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
+    "run.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
+    "faces.scale_factor": (lambda v: 1 < v <= 2, "in (1, 2]"),
+    "faces.min_neighbors": (lambda v: v >= 0, ">= 0"),
+    "faces.min_size": (lambda v: v >= 1, ">= 1 pixel"),
+    "faces.margin": (lambda v: 0 <= v <= 1, "a fraction of the face side in [0, 1]"),
+    "faces.pad": (lambda v: 0 <= v <= 1, "a fraction of the longer side in [0, 1]"),
+    "faces.upscale_to": (lambda v: v >= 0, ">= 0 pixels (0 = never)"),
+    "wandb.init_timeout": (lambda v: 1 <= v <= 600, "seconds in [1, 600]"),
+}
+NON_EMPTY = ("data.root", "run.dir", "wandb.project")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Range and choice checks the type system cannot express."""
+    """Every choice, range and cross-key rule; the message names the key and what is allowed."""
     for key, choices in CHOICES.items():
         value = OmegaConf.select(cfg, key)
         if value not in choices:
             raise ConfigError(f"{key}={value!r} is not one of {', '.join(choices)}")
-    checks = {
-        "data.image_size": cfg.data.image_size >= 16,
-        "data.channels": cfg.data.channels in (1, 3),
-        "data.batch_size": cfg.data.batch_size >= 1,
-        "data.num_workers": cfg.data.num_workers >= 0,
-        "optim.lr": cfg.optim.lr > 0,
-        "train.epochs": cfg.train.epochs >= 1,
-        "train.label_smoothing": 0 <= cfg.train.label_smoothing < 1,
-        "model.dropout": 0 <= cfg.model.dropout < 1,
-    }
-    for key, ok in checks.items():
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)!r} is out of range")
+    for key, (ok, allowed) in RANGES.items():
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} is out of range: allowed {allowed}")
+    for key in NON_EMPTY:
+        if not str(OmegaConf.select(cfg, key) or "").strip():
+            raise ConfigError(f"{key} is empty; give it a value")
     for name in ("mean", "std"):
         value = cfg.data[name]
         if value is not None and len(value) != cfg.data.channels:
             raise ConfigError(f"data.{name} needs {cfg.data.channels} values (data.channels), got {list(value)}")
+    if cfg.data.std is not None and min(cfg.data.std) <= 0:
+        raise ConfigError(f"data.std={list(cfg.data.std)} is out of range: every value must be > 0")
+    try:
+        augment_params(cfg)
+    except AugmentError as err:
+        raise ConfigError(str(err)) from None
+    if cfg.run.name is not None and (not cfg.run.name.strip() or any(c in cfg.run.name for c in "/\\")):
+        raise ConfigError(f"run.name={cfg.run.name!r} must be a folder name (no slashes); or leave it unset")
+    _check_model_name(cfg.model.name)
+    _check_device(cfg.train.device)
+
+
+def augment_params(cfg: DictConfig):
+    """The resolved :class:`~research.data.augment.AugmentParams` of ``cfg.augment``."""
+    overrides = {k: v for k, v in OmegaConf.to_container(cfg.augment).items() if k != "preset"}
+    return resolve_augment(cfg.augment.preset, **overrides)
+
+
+def _check_model_name(name: str) -> None:
+    from research.models import list_models
+    from research.models.registry import TIMM_PREFIX
+
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        if not timm.is_model(name[len(TIMM_PREFIX) :]):
+            raise ConfigError(f"model.name={name!r}: timm has no such model; list them with timm.list_models('*part*')")
+        return
+    if name not in list_models():
+        raise ConfigError(
+            f"model.name={name!r} is not a registered model; known: {', '.join(list_models())}, or timm/<name>"
+        )
+
+
+def _check_device(name: str) -> None:
+    import torch
+
+    try:
+        device = torch.device(name) if name != "auto" else None
+    except RuntimeError:
+        raise ConfigError(f"train.device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device is None or device.type == "cpu":
+        return
+    if device.type != "cuda":
+        raise ConfigError(f"train.device={name!r}: only auto, cpu, cuda and cuda:N are supported")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=auto or cpu")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"train.device={name!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+
+
+def check_inputs(cfg: DictConfig) -> None:
+    """The files and folders a run will read exist: checked before any folder is made or image decoded."""
+    root = cfg.data.root
+    if root != "demo":
+        path = Path(root).expanduser()
+        if path.is_file():
+            raise ConfigError(
+                f"data.root={root} is a file; pass the dataset folder (with train/ and validation/), "
+                "or unpack the zip with `poetry run fetch-data --zip PATH`"
+            )
+        if not path.is_dir():
+            raise ConfigError(
+                f"data.root={root} does not exist. Run `poetry run fetch-data` or pass data.root=DIR "
+                "(a folder with train/ and validation/ class folders), or data.root=demo."
+            )
+    if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).expanduser().is_file():
+        raise ConfigError(f"model.pretrained_file={cfg.model.pretrained_file} not found; give the path of a state_dict file")
+    if cfg.run.new_images and not Path(cfg.run.new_images).expanduser().is_dir():
+        raise ConfigError(f"run.new_images={cfg.run.new_images} is not a folder of images")
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -15,17 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from research import plots
+from research.builders import face_cropper
 from research.data.classes import CANONICAL_CLASSES, label_from_filename
 from research.data.datasets import DatasetLayoutError, find_split_dir, scan_split
 from research.data.images import ImageDecodeError, is_image_path, load_image
-from research.engine import metrics as M
 from research.faces import HaarFaceCropper
+from research.inference import (
+    LoadedRun,
+    evaluate_scores,
+    linked_wandb_run,
+    load_run,
+    predict_logits,
+    write_evaluation,
+)
 from research.tracking.runs import write_json
 
 log = logging.getLogger(__name__)
@@ -97,11 +103,11 @@ class EvaluationResult:
 
 
 def evaluate_run(
-    loaded: Any,
+    loaded: LoadedRun,
     data_dir: Path,
     *,
     split: str | None = None,
-    face: str = "none",
+    face: str = "raw",
     tta: str = "none",
     out: Path | None = None,
     name: str | None = None,
@@ -110,62 +116,52 @@ def evaluate_run(
     num_workers: int = 0,
 ) -> EvaluationResult:
     """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``."""
-    from research.train import face_cropper
-
     paths, targets, layout = find_labelled_images(Path(data_dir), split)
     name = name or "-".join(x for x in (Path(data_dir).name, split, "haar" if face == "haar" else "", "tta" if tta == "hflip" else "") if x)
     out_dir = Path(out) if out else loaded.run.evaluations / name
     cropper = face_cropper(loaded.cfg, fallback=True) if face == "haar" else None
     dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
-    probs, kept_targets, failed, no_face = [], [], [], 0
-    start = time.perf_counter()
-    with torch.inference_mode():
+    kept_targets: list[torch.Tensor] = []
+    failed: list[str] = []
+    no_face = 0
+
+    def decoded_batches():
+        nonlocal no_face
         for x, y, idx, ok, found in tqdm(loader, desc=f"evaluate {name}", unit="batch", disable=None):
-            for i in idx[~ok].tolist():
-                failed.append(str(paths[i]))
+            failed.extend(str(paths[i]) for i in idx[~ok].tolist())
             no_face += int((ok & ~found).sum())
-            x, y = x[ok].to(loaded.device), y[ok]
-            if len(y) == 0:
-                continue
-            p = torch.softmax(loaded.model(x).float(), dim=1)
-            if tta == "hflip":
-                p = (p + torch.softmax(loaded.model(torch.flip(x, dims=[3])).float(), dim=1)) / 2
-            probs.append(p.cpu())
-            kept_targets.append(y)
+            if ok.any():
+                kept_targets.append(y[ok])
+                yield x[ok]
+
+    start = time.perf_counter()
+    logits = predict_logits(loaded.model, decoded_batches(), device=loaded.device, tta=tta)
     seconds = time.perf_counter() - start
     if failed:
         message = f"{len(failed)} file(s) could not be decoded: {failed[:5]}"
         if bad_files == "error":
             raise ImageDecodeError(message + " (use --bad-files skip to leave them out)")
         log.warning("%s; left out", message)
-    if not probs:
+    if not kept_targets:
         raise DatasetLayoutError(f"{data_dir}: no image could be scored")
-    probs_np = torch.cat(probs).numpy()
-    targets_np = torch.cat(kept_targets).numpy()
-    present = sorted(set(targets_np.tolist()))
+    target = torch.cat(kept_targets).numpy()
+    probs = torch.softmax(logits, dim=1).numpy()
+    nll = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(target)).item())
+    evaluation = evaluate_scores(probs, target, loaded.class_names, loss=nll, from_logits=False)
     names = loaded.class_names
-    absent = [names[i] for i in range(len(names)) if i not in present]
-    preds = probs_np.argmax(1)
-    nll = float(-np.mean(np.log(np.clip(probs_np[np.arange(len(targets_np)), targets_np], 1e-12, None))))
-    metrics = M.compute_metrics(probs_np, targets_np, loss=nll, num_classes=len(names), from_logits=False, labels=present)
-    per_class = M.per_class_metrics(targets_np, preds, names, labels=present)
-    report = M.classification_report_text(targets_np, preds, names, labels=present)
-    counts, normalized = M.confusion_matrices(targets_np, preds, len(names))
-    out_dir.mkdir(parents=True, exist_ok=True)
+    absent = [names[i] for i in range(len(names)) if i not in evaluation.labels]
     label = f"{loaded.run.run_id} on {Path(data_dir).name}{'/' + split if split else ''}"
-    plots.plot_confusion(counts, names, out_dir / "confusion_counts.png", normalized=False, title=f"Confusion (counts) - {label}")
-    plots.plot_confusion(normalized, names, out_dir / "confusion_normalized.png", normalized=True, title=f"Confusion (row-normalised) - {label}")
-    (out_dir / "classification_report.txt").write_text(f"{label}\n{layout}\n\n{report}")
+    write_evaluation(evaluation, out_dir, label=label, header=layout)
     result = {
-        **metrics, "images": int(len(targets_np)), "failed_files": failed, "no_face": no_face if face == "haar" else None,
-        "images_per_s": len(targets_np) / max(seconds, 1e-9), "dataset": str(data_dir), "split": split, "layout": layout,
-        "face": face, "tta": tta, "classes_present": [names[i] for i in present], "classes_absent": absent,
-        "per_class": per_class, "confusion_counts": counts.tolist(), "run_id": loaded.run.run_id,
+        **evaluation.metrics, "images": int(len(target)), "failed_files": failed, "no_face": no_face if face == "haar" else None,
+        "images_per_s": len(target) / max(seconds, 1e-9), "dataset": str(data_dir), "split": split, "layout": layout,
+        "face": face, "tta": tta, "classes_present": [names[i] for i in evaluation.labels], "classes_absent": absent,
+        "per_class": evaluation.per_class, "confusion_counts": evaluation.counts.tolist(), "run_id": loaded.run.run_id,
     }
     write_json(out_dir / "metrics.json", result)
     if absent:
-        log.warning("classes absent from %s: %s (F1 over the %d present classes)", data_dir, absent, len(present))
+        log.warning("classes absent from %s: %s (F1 over the %d present classes)", data_dir, absent, len(evaluation.labels))
     return EvaluationResult(name, out_dir, result)
 
 
@@ -181,8 +177,6 @@ def format_table(result: EvaluationResult) -> str:
 
 def evaluate_cli(args: Any) -> EvaluationResult:
     """``poetry run evaluate``: evaluation + a W&B run (job type evaluate) linked to the training run."""
-    from research.train import linked_wandb_run, load_run
-
     loaded = load_run(args.run, which=args.checkpoint)
     result = evaluate_run(
         loaded, args.data_dir, split=args.split, face=args.face, tta=args.tta, out=args.out, name=args.name,

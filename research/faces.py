@@ -250,7 +250,7 @@ class HaarFaceCropper:
             if not self.fallback:
                 raise NoFaceFoundError(
                     f"no face found in {name or 'the image'} ({width}x{height} px). "
-                    "Enable the whole-image fallback or score without cropping (--face none)."
+                    "Enable the whole-image fallback or score without cropping (--face raw)."
                 )
             logger.debug("no face in %s; using the whole image", name or "image")
             return FaceCrop(

@@ -12,7 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from research.config import load_config, parse_overrides
+from research.config import check_inputs, load_config, parse_overrides
+from research.predict import new_images_step
+from research.report import report_cli
+from research.train import train
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +45,15 @@ def run_pipeline(
     out: Path,
     overrides: Sequence[str] = (),
 ) -> PipelineResult:
-    """Train every preset in ``models`` on the same data; a failing model is reported, the rest go on."""
-    from research.report import report_cli
-    from research.train import train
+    """Train every preset in ``models`` on the same data; a failing model is reported, the rest go on.
 
+    Every preset's config and inputs are checked before the first model trains.
+    """
     demo = data_dir is None
     runs_dir = Path(runs_dir)
-    if demo and images is None:
-        from research.data.demo import write_demo_new_images
-
+    demo_images = demo and images is None
+    if demo_images:
         images = runs_dir / "demo-new-images"
-        write_demo_new_images(images)
-        log.info("generated SYNTHETIC demo new images in %s", images)
     user = parse_overrides(overrides)
     base = [f"data.root={'demo' if demo else data_dir}", f"run.dir={runs_dir}", "model.pretrained_fallback=true"]
     if demo:
@@ -63,13 +63,21 @@ def run_pipeline(
         base.append(f"train.epochs={epochs}")
     if images is not None:
         base.append(f"run.new_images={images}")
+    configs = {preset: load_config(preset, [*base, *user]) for preset in models}
+    if demo_images:
+        from research.data.demo import write_demo_new_images
+
+        write_demo_new_images(images)
+        log.info("generated SYNTHETIC demo new images in %s", images)
+    for cfg in configs.values():
+        check_inputs(cfg)
     result = PipelineResult(report=Path(out))
-    for index, preset in enumerate(models, start=1):
+    for index, (preset, cfg) in enumerate(configs.items(), start=1):
         log.info("=== pipeline model %d/%d: %s ===", index, len(models), preset)
         try:
-            cfg = load_config(preset, [*base, *user])
-            summary = train(cfg, command=f"poetry run pipeline (model {preset})")
-            result.runs[preset] = summary["run_dir"]
+            after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
+            summary = train(cfg, command=f"poetry run pipeline (model {preset})", after_fit=after_fit)
+            result.runs[preset] = summary.run_dir
         except KeyboardInterrupt:
             raise
         except Exception as err:  # one broken model must not sink the study

@@ -179,9 +179,18 @@ def _mark_best(
 
 
 def draw_confusion(
-    ax: Axes, matrix: np.ndarray, class_names: Sequence[str], *, normalized: bool
+    ax: Axes,
+    matrix: np.ndarray,
+    class_names: Sequence[str],
+    *,
+    normalized: bool,
+    row_counts: Sequence[int] | None = None,
 ) -> Axes:
-    """Annotated heatmap of a ``(C, C)`` confusion matrix on ``ax`` (rows true, columns predicted)."""
+    """Annotated heatmap of a ``(C, C)`` confusion matrix on ``ax`` (rows true, columns predicted).
+
+    ``row_counts`` (images per true class) go into the row labels, ``"fear (n=4)"``: a row-normalised
+    matrix otherwise hides that 0.25 / 0.25 / 0.50 may be four images.
+    """
     matrix = np.asarray(matrix)
     if matrix.shape != (len(class_names), len(class_names)):
         raise ValueError(
@@ -202,7 +211,9 @@ def draw_confusion(
         linewidths=0.5,
         linecolor="white",
         xticklabels=list(class_names),
-        yticklabels=list(class_names),
+        yticklabels=list(class_names)
+        if row_counts is None
+        else [f"{name} (n={int(n)})" for name, n in zip(class_names, row_counts, strict=True)],
         cbar_kws={"label": "fraction of true class" if normalized else "images", "shrink": 0.8},
         annot_kws={"fontsize": 10},
         ax=ax,
@@ -224,11 +235,13 @@ def plot_confusion(
     *,
     normalized: bool,
     title: str = "",
+    row_counts: Sequence[int] | None = None,
 ) -> Path:
-    """Write an annotated confusion heatmap: integer counts, or row fractions 0.00-1.00."""
+    """Write an annotated confusion heatmap: integer counts, or row fractions 0.00-1.00
+    (with ``row_counts``, the images of each true class in its row label)."""
     side = max(5.0, 0.9 * len(class_names) + 2.0)
-    fig, ax = plt.subplots(figsize=(side + 1.0, side))
-    draw_confusion(ax, matrix, class_names, normalized=normalized)
+    fig, ax = plt.subplots(figsize=(side + 1.0 + (0.6 if row_counts is not None else 0.0), side))
+    draw_confusion(ax, matrix, class_names, normalized=normalized, row_counts=row_counts)
     default = "confusion matrix (row-normalised)" if normalized else "confusion matrix (counts)"
     ax.set_title(title or default)
     return _save(fig, path)
@@ -317,6 +330,7 @@ def plot_prediction_panel(
     true_label: str | None,
     path: Path,
     note: str = "",
+    detection_run: bool = True,
 ) -> Path:
     """One image's prediction in 4 panels: original (+ face box), crop, model input, class scores.
 
@@ -329,6 +343,8 @@ def plot_prediction_panel(
         winner: predicted class name (a key of ``scores``).
         true_label: the known class name, or ``None``.
         note: extra line under the title, e.g. ``"no face found: whole image used"``.
+        detection_run: False in raw mode, where no detector ran: the crop panel says so instead
+            of "no face found".
     """
     if winner not in scores:
         raise ValueError(f"winner {winner!r} is not one of the scored classes {list(scores)}")
@@ -350,7 +366,7 @@ def plot_prediction_panel(
         ax_crop.text(
             0.5,
             0.5,
-            "no face found",
+            "no face found" if detection_run else "raw mode:\nno face detection,\nwhole image scored",
             ha="center",
             va="center",
             fontsize=14,
@@ -358,7 +374,7 @@ def plot_prediction_panel(
         )
         ax_crop.set_xticks([])
         ax_crop.set_yticks([])
-        ax_crop.set_title("face crop")
+        ax_crop.set_title("face crop" if detection_run else "face crop (not used)")
 
     _show_image(ax_input, model_input)
     height, width = np.asarray(model_input).shape[:2]
@@ -418,9 +434,8 @@ def plot_prediction_sheet(
     # Keep the sheet a manageable size: panels are shrunk, never enlarged.
     scale = min(1.0, 3600 / (cols * cell_w), 12000 / (rows * cell_h))
     fig_w, fig_h = cols * cell_w * scale / DPI, rows * cell_h * scale / DPI
-    fig, axes = plt.subplots(
-        rows, cols, figsize=(fig_w, fig_h + (0.5 if title else 0)), squeeze=False
-    )
+    title_h = 0.9 if title else 0.0  # inches kept free above the panels for the title
+    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h + title_h), squeeze=False)
     for index, ax in enumerate(axes.flat):
         if index >= len(images):
             ax.axis("off")
@@ -435,12 +450,13 @@ def plot_prediction_sheet(
         left=0,
         right=1,
         bottom=0,
-        top=1 - (0.5 / (fig_h + 0.5) if title else 0),
+        top=1 - title_h / (fig_h + title_h),
         wspace=0.02,
         hspace=0.02,
     )
     if title:
-        fig.suptitle(title, fontsize=16, fontweight="bold")
+        # Anchored by its top edge inside the free band, so it never reaches the first row.
+        fig.suptitle(title, fontsize=16, fontweight="bold", y=1 - 0.15 / (fig_h + title_h), va="top")
     return _save(fig, path)
 
 

@@ -1,14 +1,14 @@
 """New-image predictions: any folder of photos, scored raw and after a Haar face crop.
 
 Preprocessing is never re-typed here: the model and its eval transform are rebuilt
-from the run folder (:func:`research.train.load_run`), so a photo goes through exactly
+from the run folder (:func:`research.inference.load_run`), so a photo goes through exactly
 what validation images went through.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,14 +16,17 @@ from typing import Any
 import numpy as np
 
 from research import plots
+from research.builders import face_cropper
 from research.data.classes import label_from_filename, try_canonical_name
 from research.data.images import ImageDecodeError, is_image_path, load_image
 from research.faces import HaarFaceCropper, NoFaceFoundError
+from research.inference import LoadedRun, linked_wandb_run, load_run, predict_arrays
 from research.tracking.runs import RunFolder, write_json
+from research.tracking.wandb_log import WandbRun
 
 log = logging.getLogger(__name__)
 
-MODES = {"none": ("raw",), "haar": ("haar",), "both": ("raw", "haar")}
+MODES = {"raw": ("raw",), "none": ("raw",), "haar": ("haar",), "both": ("raw", "haar")}  # "none": old name of raw
 
 
 @dataclass
@@ -71,16 +74,18 @@ def _safe_stem(name: str) -> str:
 
 
 def predict_images(
-    loaded: Any,
+    loaded: LoadedRun,
     images: Sequence[NewImage],
     *,
     mode: str,
     cropper: HaarFaceCropper | None,
     out_dir: Path,
 ) -> list[dict[str, Any]]:
-    """Score images in one mode (``raw`` or ``haar``); writes panels, sheet and predictions.json."""
-    from research.train import predict_arrays
+    """Score images in one mode (``raw`` or ``haar``); writes panels, sheet and predictions.json.
 
+    In haar mode without fallback, images without a face are left out (no record);
+    :func:`predict_folder` lists them in ``comparison.json``.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "panels").mkdir(exist_ok=True)
     inputs, meta = [], []
@@ -111,7 +116,7 @@ def predict_images(
             name=f"{item.name} [{mode}]", original=item.image, box=None if crop is None else crop.box,
             crop=None if crop is None else (crop.image if crop.found else None), model_input=model_input,
             scores=scores, winner=winner, true_label=item.true, path=out_dir / "panels" / f"{_safe_stem(item.name)}.png",
-            note=note,
+            note=note, detection_run=mode == "haar",
         )
         records.append(
             {
@@ -141,8 +146,14 @@ def _json_record(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in {"original", "crop", "preprocessed"}}
 
 
-def compare_modes(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Accuracy per mode (when labels are known) and the images whose winner changed."""
+def compare_modes(
+    by_mode: dict[str, list[dict[str, Any]]], *, skipped_no_face: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Accuracy per mode (when labels are known) and the images whose winner changed.
+
+    ``skipped_no_face``: images left out of haar mode because no face was found (no fallback);
+    they count in its ``no_face`` and are listed under ``skipped_no_face``.
+    """
     out: dict[str, Any] = {"modes": {}}
     for mode, records in by_mode.items():
         labelled = [r for r in records if r["correct"] is not None]
@@ -152,6 +163,9 @@ def compare_modes(by_mode: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "no_face": sum(1 for r in records if r.get("face_found") is False),
             "mean_confidence": float(np.mean([r["confidence"] for r in records])) if records else None,
         }
+        if mode == "haar":
+            out["modes"][mode]["no_face"] += len(skipped_no_face)
+            out["modes"][mode]["skipped_no_face"] = list(skipped_no_face)
     if {"raw", "haar"} <= set(by_mode):
         raw = {r["image"]: r for r in by_mode["raw"]}
         changes = []
@@ -184,12 +198,10 @@ def predict_folder(
     out: str | Path | None = None,
     checkpoint: str = "best",
     fallback: bool | None = None,
-    wandb_run: Any = None,
-    loaded: Any = None,
+    wandb_run: WandbRun | None = None,
+    loaded: LoadedRun | None = None,
 ) -> dict[str, Any]:
     """Score a folder in the requested modes; returns ``{"modes": {mode: records}, "comparison": ...}``."""
-    from research.train import face_cropper, load_run
-
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
     cropper = face_cropper(loaded.cfg, fallback=fallback)
     images, skipped = read_new_images(images_dir)
@@ -198,7 +210,9 @@ def predict_folder(
         mode: predict_images(loaded, images, mode=mode, cropper=cropper if mode == "haar" else None, out_dir=out_root / mode)
         for mode in MODES[face]
     }
-    comparison = compare_modes(by_mode)
+    scored_haar = {r["image"] for r in by_mode.get("haar", [])}
+    skipped_no_face = [i.name for i in images if "haar" in by_mode and i.name not in scored_haar]
+    comparison = compare_modes(by_mode, skipped_no_face=skipped_no_face)
     comparison.update(images_dir=str(images_dir), skipped=skipped, checkpoint=checkpoint)
     write_json(out_root / "comparison.json", comparison)
     _log_summary(comparison)
@@ -214,7 +228,10 @@ def predict_folder(
 def _log_summary(comparison: dict[str, Any]) -> None:
     for mode, s in comparison["modes"].items():
         acc = "n/a (no labels)" if s["accuracy"] is None else f"{s['accuracy']:.3f} on {s['labelled']} labelled"
-        log.info("new images [%s]: %d scored, accuracy %s, no face found in %d", mode, s["images"], acc, s["no_face"])
+        faces = "" if mode == "raw" else f", no face found in {s['no_face']}"
+        if s.get("skipped_no_face"):
+            faces += f" (left out, no fallback: {', '.join(s['skipped_no_face'])})"
+        log.info("new images [%s]: %d scored, accuracy %s%s", mode, s["images"], acc, faces)
     for c in comparison.get("changes", []):
         log.info("  %s: raw %s -> haar %s (true %s, %s)", c["image"], c["raw"], c["haar"], c["true"], c["effect"])
 
@@ -223,8 +240,6 @@ def predict_cli(
     run: Path, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool, wandb_mode: str | None
 ) -> dict[str, Any]:
     """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run."""
-    from research.train import linked_wandb_run, load_run
-
     loaded = load_run(run, which=checkpoint)
     wandb_run = linked_wandb_run(loaded, job_type="predict", name="predict", mode=wandb_mode)
     try:
@@ -233,3 +248,13 @@ def predict_cli(
         wandb_run.finish()
     log.info("predictions written to %s", result["out"])
     return result
+
+
+def new_images_step(images_dir: str | Path) -> Callable[[RunFolder, WandbRun], None]:
+    """``train(after_fit=...)``: score a folder of new photos raw and Haar-cropped with the finished
+    run, into its ``predictions/`` and its W&B run (the ``run.new_images`` setting)."""
+
+    def step(run: RunFolder, wandb_run: WandbRun) -> None:
+        predict_folder(run, images_dir, face="both", wandb_run=wandb_run)
+
+    return step

@@ -24,7 +24,9 @@ import numpy as np
 import yaml
 
 from research.config import ConfigError, _nearest, all_keys, load_config, parse_overrides
+from research.predict import new_images_step
 from research.tracking.runs import write_json
+from research.train import train
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +135,6 @@ def run_local_sweep(
 
     ``seed`` fixes the search engine's proposals (random/bayes); ``None`` draws fresh ones.
     """
-    from research.train import train
-
     sw = _sweeps()
     config = load_sweep_yaml(sweep_yaml)
     metric = config.get("metric", {}).get("name", "val/macro_f1")
@@ -182,7 +182,10 @@ def run_local_sweep(
 
         trial: dict[str, Any] = {"trial": index + 1, "run_id": run_name, **params}
         try:
-            summary = train(cfg, command=" ".join(build_agent_command(config, params)), on_epoch=on_epoch)
+            summary = train(
+                cfg, command=" ".join(build_agent_command(config, params)), on_epoch=on_epoch,
+                after_fit=new_images_step(cfg.run.new_images) if cfg.run.new_images else None,
+            )
         except KeyboardInterrupt:
             suggestion.state = sw.RunState.killed
             trial.update(state="interrupted", metric=None)
@@ -195,13 +198,13 @@ def run_local_sweep(
             suggestion.state = sw.RunState.failed
             trial.update(state="failed", metric=None, error=str(err)[:200])
         else:
-            value = summary["best"].get(metric) if metric.startswith("val/") else summary.get(metric)
-            stopped = summary.get("stopped_early_by") == "sweep"
+            value = summary.best.get(metric) if metric.startswith("val/") else getattr(summary, metric, None)
+            stopped = summary.stopped_early_by == "sweep"
             suggestion.state = sw.RunState.finished
             suggestion.summary_metrics = {metric: value}
             trial.update(
                 state="stopped (hyperband)" if stopped else "finished", metric=value,
-                epochs=summary["epochs_run"], run_dir=summary["run_dir"],
+                epochs=summary.epochs_run, run_dir=summary.run_dir,
             )
         result.trials.append(trial)
         _write_table(folder, result, metric, goal)

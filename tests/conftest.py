@@ -67,4 +67,4 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     cfg = load_config(None, [*FAST, f"data.root={tiny_dataset}", "train.epochs=2", f"run.dir={runs}", "run.name=trained"])
     summary = train(cfg)
-    return Path(summary["run_dir"])
+    return Path(summary.run_dir)

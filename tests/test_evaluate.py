@@ -13,7 +13,7 @@ from PIL import Image
 
 from research.data.datasets import DatasetLayoutError
 from research.evaluate import evaluate_run, find_labelled_images
-from research.train import load_run
+from research.inference import load_run
 from tests.conftest import SHARED_DATA
 
 

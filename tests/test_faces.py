@@ -81,7 +81,7 @@ def test_no_face_falls_back_to_whole_image(cropper, kind) -> None:
 
 def test_no_face_without_fallback_raises() -> None:
     strict = HaarFaceCropper(fallback=False)
-    with pytest.raises(NoFaceFoundError, match=r"blank\.jpg.*--face none"):
+    with pytest.raises(NoFaceFoundError, match=r"blank\.jpg.*--face raw"):
         strict(np.zeros((100, 100, 3), dtype=np.uint8), name="blank.jpg")
 
 

@@ -13,11 +13,21 @@ TINY = ["data.demo_scale=0.05", "data.image_size=32", "data.batch_size=32", "tra
 
 @pytest.mark.slow
 def test_pipeline_on_demo_data_end_to_end(tmp_path, monkeypatch):
+    import research.pipeline
+
     monkeypatch.chdir(tmp_path)
+    real_train = research.pipeline.train
+
+    def train(cfg, **kwargs):
+        if cfg.model.name == "resnet18":
+            raise RuntimeError("simulated crash inside one model's training")
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(research.pipeline, "train", train)
     with pytest.raises(SystemExit) as e:
-        pipeline_main(["--data", "demo", "--epochs", "1", "--models", "scratch_cnn_small_preset,scratch_cnn,mobilenet_v3_small",
+        pipeline_main(["--data", "demo", "--epochs", "1", "--models", "resnet18,scratch_cnn,mobilenet_v3_small",
                        "--runs-dir", "runs/study", "--out", "reports/results.md", *TINY])
-    # the unknown preset fails, is reported, and the other two models still make the report
+    # the failing model is reported, and the other two models still make the report
     assert e.value.code == 1
     report = (tmp_path / "reports" / "results.md").read_text()
     assert "scratch_cnn" in report and "mobilenet_v3_small" in report
@@ -35,3 +45,11 @@ def test_pipeline_help(capsys):
     with pytest.raises(SystemExit) as e:
         pipeline_main(["--help"])
     assert e.value.code == 0 and "--data demo" in capsys.readouterr().out
+
+
+def test_pipeline_checks_every_preset_before_training(tmp_path, monkeypatch, caplog):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        pipeline_main(["--data", "demo", "--models", "scratch_cnn,scratch_cnn_small_preset", "--runs-dir", "runs/study", *TINY])
+    assert e.value.code == 2 and "no config preset or file 'scratch_cnn_small_preset'" in caplog.text
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()

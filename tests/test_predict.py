@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from research.data.datasets import load_datasets
+from research.inference import load_run, predict_arrays
 from research.predict import predict_folder, read_new_images
-from research.train import load_run, predict_arrays
 from tests.conftest import SHARED_DATA
 
 

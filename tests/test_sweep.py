@@ -127,17 +127,18 @@ def test_runner_honours_early_termination(tmp_path, monkeypatch):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_bayes_proposals_differ_between_trials(tmp_path, monkeypatch):
     """Trials reseed numpy; the engine keeps its own random state, so proposals do not repeat."""
-    import research.train as train_mod
+    import research.sweep as sweep_mod
+    from research.tracking.summary import RunSummary
 
-    def fake_train(cfg, *, command=None, on_epoch=None):
+    def fake_train(cfg, *, command=None, on_epoch=None, after_fit=None):
         import numpy as np
 
         np.random.seed(0)  # what every real trial does to the global RNG
         value = 0.5  # a flat objective: only the engine's randomness separates the proposals
         on_epoch({"epoch": 1, "val/macro_f1": value})
-        return {"best": {"val/macro_f1": value}, "epochs_run": 1, "run_dir": str(tmp_path)}
+        return RunSummary(run_id="t", status="finished", best={"val/macro_f1": value}, epochs_run=1, run_dir=str(tmp_path))
 
-    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setattr(sweep_mod, "train", fake_train)
     config = {"method": "bayes", "metric": {"name": "val/macro_f1", "goal": "maximize"},
               "parameters": {"optim.lr": {"distribution": "uniform", "min": 0.001, "max": 0.1},
                              "augment.rotate_limit": {"distribution": "uniform", "min": 0, "max": 20}}}

@@ -22,7 +22,7 @@ def cfg_for(root: Path, runs: Path, *extra: str):
 
 def test_one_epoch_run_folder_is_complete(tmp_path, tiny_dataset):
     summary = train(cfg_for(tiny_dataset, tmp_path, "run.name=r1"))
-    run = Path(summary["run_dir"])
+    run = Path(summary.run_dir)
     for name in ("config.yaml", "history.csv", "summary.json", "best.pt", "last.pt", "classification_report.txt",
                  "confusion_counts.json", "per_class.json"):
         assert (run / name).is_file(), name
@@ -40,8 +40,11 @@ def test_one_epoch_run_folder_is_complete(tmp_path, tiny_dataset):
     assert "precision" in (run / "classification_report.txt").read_text()
     ckpt = torch.load(run / "best.pt", weights_only=False)
     assert ckpt["class_names"][0] == "anger" and ckpt["config"]["model"]["name"] == "scratch_cnn_small"
-    assert {"optimizer", "scheduler", "trainer", "mean", "std"} <= set(ckpt)
-    assert summary["dataset"]["synthetic"] is False and summary["dataset"]["train_images"] > 0
+    # best.pt: the weights and what inference needs; last.pt: everything resume needs
+    assert {"model", "mean", "std", "class_names", "config"} <= set(ckpt)
+    assert not {"optimizer", "scheduler", "trainer"} & set(ckpt)
+    assert {"optimizer", "scheduler", "trainer", "mean", "std"} <= set(torch.load(run / "last.pt", weights_only=False))
+    assert summary.dataset.synthetic is False and summary.dataset.train_images > 0
 
 
 def _history(run_dir: Path) -> list[dict[str, float]]:
@@ -51,7 +54,7 @@ def _history(run_dir: Path) -> list[dict[str, float]]:
 def test_same_seed_same_history(tmp_path, tiny_dataset):
     a = train(cfg_for(tiny_dataset, tmp_path, "run.name=a", "train.epochs=2", "augment.preset=strong"))
     b = train(cfg_for(tiny_dataset, tmp_path, "run.name=b", "train.epochs=2", "augment.preset=strong"))
-    assert _history(Path(a["run_dir"])) == _history(Path(b["run_dir"]))
+    assert _history(Path(a.run_dir)) == _history(Path(b.run_dir))
 
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_dataset, monkeypatch):
@@ -77,8 +80,8 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_dataset, monkeypatch):
     monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", original)
 
     resumed = train(resolve_train_config(None, [f"run.resume={cut}"]))
-    assert resumed["status"] == "finished" and resumed["epochs_run"] == 3
-    assert _history(cut) == _history(Path(full["run_dir"]))
+    assert resumed.status == "finished" and resumed.epochs_run == 3
+    assert _history(cut) == _history(Path(full.run_dir))
 
 
 def test_nan_loss_stops_with_clear_error(tmp_path, tiny_dataset):
@@ -93,7 +96,7 @@ def test_early_stopping_and_options(tmp_path, tiny_dataset):
         "optim.warmup_epochs=0", "optim.name=sgd", "optim.scheduler=step", "train.label_smoothing=0.1",
         "train.class_weighting=balanced", "train.grad_clip=1.0", "train.monitor=val/loss",
     ))
-    assert summary["epochs_run"] < 6 and summary["stopped_early_by"] == "early_stopping"
+    assert summary.epochs_run < 6 and summary.stopped_early_by == "early_stopping"
 
 
 def test_frozen_then_unfreeze(tmp_path, tiny_dataset):
@@ -101,8 +104,8 @@ def test_frozen_then_unfreeze(tmp_path, tiny_dataset):
         tiny_dataset, tmp_path, "run.name=fz", "model.name=resnet18", "data.channels=3", "model.mode=frozen",
         "model.unfreeze_epoch=1", "train.epochs=2",
     ))
-    assert summary["params_trainable"] < summary["params_total"]
-    ckpt = torch.load(Path(summary["run_dir"]) / "last.pt", weights_only=False)
+    assert summary.params_trainable < summary.params_total
+    ckpt = torch.load(Path(summary.run_dir) / "last.pt", weights_only=False)
     assert ckpt["frozen"] is False
 
 
@@ -114,8 +117,8 @@ def test_existing_run_name_is_refused(tmp_path, tiny_dataset):
 
 def test_demo_data_run_is_labelled_synthetic(tmp_path):
     summary = train(load_config(None, [*FAST, "data.root=demo", "data.demo_scale=0.05", f"run.dir={tmp_path}"]))
-    assert summary["dataset"]["synthetic"] is True and summary["dataset"]["name"] == "synthetic demo data"
-    assert "synthetic demo data" in (Path(summary["run_dir"]) / "classification_report.txt").read_text()
+    assert summary.dataset.synthetic is True and summary.dataset.name == "synthetic demo data"
+    assert "synthetic demo data" in (Path(summary.run_dir) / "classification_report.txt").read_text()
 
 
 def test_train_cli_help_and_bad_key(capsys):
@@ -134,4 +137,4 @@ def test_dataloader_workers_are_seeded(tmp_path, tiny_dataset):
     extra = ("data.num_workers=2", "augment.preset=strong", "train.epochs=1")
     a = train(cfg_for(tiny_dataset, tmp_path, "run.name=wa", *extra))
     b = train(cfg_for(tiny_dataset, tmp_path, "run.name=wb", *extra))
-    assert _history(Path(a["run_dir"])) == _history(Path(b["run_dir"]))
+    assert _history(Path(a.run_dir)) == _history(Path(b.run_dir))

@@ -2,14 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from research.data.transforms import (
-    AUGMENT_PRESETS,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    build_eval_transform,
-    build_train_transform,
-    resolve_augment,
-)
+from research.data.augment import AUGMENT_PRESETS, resolve_augment
+from research.data.transforms import build_eval_transform, build_train_transform
+from research.models.classifier import IMAGENET_MEAN, IMAGENET_STD
 
 
 @pytest.mark.parametrize("channels", [1, 3])

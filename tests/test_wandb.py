@@ -24,7 +24,7 @@ def offline_record(run_dir: Path) -> tuple[Path, bytes]:
 def offline_run(tmp_path_factory, tiny_dataset) -> Path:
     runs = tmp_path_factory.mktemp("wandb_runs")
     cfg = load_config(None, [*FAST, f"data.root={tiny_dataset}", f"run.dir={runs}", "run.name=off", "wandb.mode=offline", "train.epochs=2"])
-    return Path(train(cfg)["run_dir"])
+    return Path(train(cfg).run_dir)
 
 
 def test_offline_run_holds_every_logged_key(offline_run):
@@ -66,8 +66,8 @@ def test_auto_without_credentials_goes_offline(monkeypatch):
 
 def test_disabled_writes_nothing(tmp_path, tiny_dataset):
     summary = train(load_config(None, [*FAST, f"data.root={tiny_dataset}", f"run.dir={tmp_path}", "wandb.mode=disabled"]))
-    assert not (Path(summary["run_dir"]) / "wandb").exists()
-    assert summary["wandb"]["mode"] == "disabled"
+    assert not (Path(summary.run_dir) / "wandb").exists()
+    assert summary.wandb["mode"] == "disabled"
 
 
 def test_online_failure_falls_back_to_offline(tmp_path, monkeypatch):

@@ -17,65 +17,12 @@ or saturation changes (most FER data are grayscale).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
 
 import albumentations as A
 import cv2
 from albumentations.pytorch import ToTensorV2
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass(frozen=True)
-class AugmentParams:
-    """Every augmentation magnitude. Limits are symmetric (+-); probabilities in [0, 1]."""
-
-    hflip_p: float = 0.0
-    rotate_limit: float = 0.0  # degrees
-    shift_limit: float = 0.0  # fraction of the image side
-    scale_limit: float = 0.0  # fraction: 0.1 -> zoom in [0.9, 1.1]
-    affine_p: float = 0.0
-    brightness_limit: float = 0.0
-    contrast_limit: float = 0.0
-    brightness_contrast_p: float = 0.0
-    erasing_p: float = 0.0
-    erasing_max_area: float = 0.1  # largest erased area as a fraction of the image
-    noise_blur_p: float = 0.0
-
-
-AUGMENT_PRESETS: dict[str, AugmentParams] = {
-    "none": AugmentParams(),
-    "light": AugmentParams(
-        hflip_p=0.5, rotate_limit=8, shift_limit=0.04, scale_limit=0.05, affine_p=0.5,
-        brightness_limit=0.1, contrast_limit=0.1, brightness_contrast_p=0.3,
-    ),
-    "medium": AugmentParams(
-        hflip_p=0.5, rotate_limit=15, shift_limit=0.08, scale_limit=0.1, affine_p=0.7,
-        brightness_limit=0.2, contrast_limit=0.2, brightness_contrast_p=0.5,
-        erasing_p=0.25, erasing_max_area=0.1,
-    ),
-    "strong": AugmentParams(
-        hflip_p=0.5, rotate_limit=20, shift_limit=0.1, scale_limit=0.15, affine_p=0.9,
-        brightness_limit=0.3, contrast_limit=0.3, brightness_contrast_p=0.7,
-        erasing_p=0.5, erasing_max_area=0.15, noise_blur_p=0.2,
-    ),
-}
-
-
-def resolve_augment(preset: str, **overrides: float | None) -> AugmentParams:
-    """A preset with individual magnitudes replaced; ``None`` overrides keep the preset value."""
-    if preset not in AUGMENT_PRESETS:
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {sorted(AUGMENT_PRESETS)}")
-    known = {f.name for f in fields(AugmentParams)}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"unknown augmentation parameters {sorted(unknown)}; known: {sorted(known)}")
-    params = replace(AUGMENT_PRESETS[preset], **{k: v for k, v in overrides.items() if v is not None})
-    for name, value in asdict(params).items():
-        if value < 0 or (name.endswith("_p") and value > 1):
-            raise ValueError(f"augment.{name}={value} is out of range (probabilities in [0, 1], limits >= 0)")
-    return params
+from research.data.augment import AugmentParams
 
 
 def _resize_and_pad(image_size: int) -> list[A.BasicTransform]:

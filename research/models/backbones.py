@@ -16,8 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from research.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from research.models.classifier import FERClassifier
+from research.models.classifier import IMAGENET_MEAN, IMAGENET_STD, FERClassifier
 from research.models.registry import register_model
 
 log = logging.getLogger(__name__)

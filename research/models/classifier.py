@@ -6,6 +6,10 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+# ImageNet statistics: pretrained torchvision/timm backbones expect inputs normalised with these.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class FERClassifier(nn.Module):
     """``forward(x: (B, C, H, W)) -> logits (B, num_classes)``.

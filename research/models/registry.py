@@ -1,9 +1,12 @@
-"""One registry, one factory (after timm's ``register_model`` / ``create_model``)."""
+"""The model registry: builders filed under a name (after timm's ``_registry``).
+
+This module only registers, lists and looks up. Building (including the ``timm/`` prefix
+dispatch) is :mod:`research.models.factory`, which imports this module, never the reverse.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 from torch import nn
 
@@ -30,15 +33,11 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, num_classes: int = 7, **kwargs: Any) -> nn.Module:
-    """Build a registered model (or ``timm/<name>``) with a ``num_classes`` head."""
-    if name.startswith(TIMM_PREFIX):
-        from research.models.backbones import create_timm_model
-
-        return create_timm_model(name[len(TIMM_PREFIX) :], num_classes, **kwargs)
+def get_builder(name: str) -> ModelBuilder:
+    """The builder registered under ``name``; an unknown name lists the known ones."""
     if name not in _REGISTRY:
         raise KeyError(
             f"unknown model {name!r}. Known models: {', '.join(list_models())}, "
             f"or any timm model as {TIMM_PREFIX}<name> (e.g. timm/tf_efficientnet_lite0)."
         )
-    return _REGISTRY[name](num_classes, **kwargs)
+    return _REGISTRY[name]

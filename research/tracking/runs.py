@@ -15,7 +15,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -34,11 +34,61 @@ class RunFolderError(FileNotFoundError):
     """A path that is not a usable run folder."""
 
 
+class CheckpointError(RunFolderError):
+    """A checkpoint that is missing, truncated or not a checkpoint of this package."""
+
+
+class OutputWriteError(OSError):
+    """An output file could not be written (disk full, read-only folder); nothing half-written is left."""
+
+
 def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write through a temp file and rename; on any failure the temp file is removed and the old
+    file (if any) stays as it was."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise OutputWriteError(
+            err.errno, f"cannot write {path}: {reason}. Free disk space or make the folder writable, then "
+            "resume or rerun (finished files are intact)"
+        ) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_checkpoint(path: Path, *, summary: Path | None = None) -> dict[str, Any]:
+    """A checkpoint written by the trainer; a missing or damaged file is a :class:`CheckpointError`
+    naming the file and the way out."""
+    path = Path(path)
+    if not path.exists():
+        hint = f" (see {summary})" if summary is not None else ""
+        raise CheckpointError(f"{path} not found: the run did not finish an epoch{hint}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated zip, unpickling errors, not a torch file at all
+        raise CheckpointError(
+            f"{path} is damaged or not a checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]}). "
+            + _checkpoint_way_out(path)
+        ) from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not a checkpoint of this package (no model weights). " + _checkpoint_way_out(path))
+    return ckpt
+
+
+def _checkpoint_way_out(path: Path) -> str:
+    other = "last.pt" if path.name == "best.pt" else "best.pt"
+    if path.name == "last.pt":
+        return (
+            "It cannot be resumed from; start a new run (a new run.name), or score the run's best.pt "
+            "with predict/evaluate if it is intact."
+        )
+    return f"Use --checkpoint {other.removesuffix('.pt')} if {other} is intact, or retrain the run."
 
 
 def _jsonable(value: Any) -> Any:
@@ -142,16 +192,10 @@ class RunFolder:
         return read_json(self.summary_path) if self.summary_path.exists() else {}
 
     def save_checkpoint(self, path: Path, state: Mapping[str, Any]) -> None:
-        _atomic_write(path, lambda tmp: torch.save(dict(state), tmp))
+        def write(tmp: Path) -> None:
+            try:
+                torch.save(dict(state), tmp)
+            except RuntimeError as err:  # torch's stream writer reports a full disk as RuntimeError
+                raise OSError(None, f"torch.save failed ({str(err).splitlines()[0]})") from None
 
-
-def list_runs(roots: Iterable[str | Path]) -> list[RunFolder]:
-    """Run folders directly under (or equal to) each root that have a summary.json, by name."""
-    found: list[RunFolder] = []
-    for root in roots:
-        root = Path(root)
-        candidates = [root] if (root / "summary.json").exists() else sorted(root.glob("*/summary.json"))
-        for candidate in candidates:
-            folder = candidate if candidate.is_dir() else candidate.parent
-            found.append(RunFolder(folder))
-    return found
+        _atomic_write(path, write)

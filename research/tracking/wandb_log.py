@@ -20,7 +20,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 WANDB_HOST = "api.wandb.ai"
-SUMMARY_GOALS = {"loss": "min", "acc": "max", "top2": "max", "macro_f1": "max", "weighted_f1": "max", "ece": "min"}
 
 
 def has_credentials() -> bool:
@@ -34,7 +33,12 @@ def has_credentials() -> bool:
 
 
 def resolve_mode(mode: str) -> str:
-    """``auto`` -> ``online`` with credentials, else ``offline``; ``WANDB_MODE`` wins when set."""
+    """``auto`` -> ``online`` with credentials, else ``offline``; ``WANDB_MODE`` wins when set.
+
+    An empty ``WANDB_MODE`` counts as unset (W&B itself would reject it with a traceback).
+    """
+    if os.environ.get("WANDB_MODE", None) == "":
+        del os.environ["WANDB_MODE"]
     env = os.environ.get("WANDB_MODE")
     if env in {"online", "offline", "disabled", "dryrun"}:
         return "offline" if env == "dryrun" else env
@@ -60,7 +64,12 @@ class WandbRun:
         job_type: str = "train",
         wandb_dir: str | None = None,
         resume: bool = False,
+        init_timeout: float = 20.0,
+        history: Sequence[Mapping[str, float]] = (),
     ) -> None:
+        """``history``: epochs a resumed run already completed. Offline, a resumed run is recorded
+        afresh with those epochs replayed first and the earlier partial records moved to
+        ``wandb/superseded/``, so ``wandb sync`` uploads one run holding every epoch once."""
         import wandb
 
         self._wandb = wandb
@@ -79,23 +88,37 @@ class WandbRun:
             kwargs.update(id=_wandb_id(run_id), resume="allow" if resume else None)
         if self.mode == "offline":
             log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `wandb sync`", directory)
+            self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
         try:
-            self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=60, silent=True), **kwargs)
+            self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **kwargs)
         except Exception as err:  # CommError, timeouts, auth errors: the run must go on
             if self.mode != "online":
                 raise
-            log.warning("W&B online start failed (%s); recording offline instead. Sync later with `wandb sync`.", err)
+            log.warning(
+                "W&B online start failed after at most %.0f s (%s); recording offline instead (wandb.init_timeout "
+                "sets the wait). Sync later with `wandb sync`.", init_timeout, str(err).splitlines()[0][:200],
+            )
+            # The failed start still holds the run id in W&B's service process: restart it.
+            wandb.teardown()
             self.mode = "offline"
+            self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
             self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
         if in_sweep:
             self.run.config.update(dict(config), allow_val_change=True)
         self.run.define_metric("epoch")
         for split in ("train", "val"):
             self.run.define_metric(f"{split}/*", step_metric="epoch")
-            for name, goal in SUMMARY_GOALS.items():
-                self.run.define_metric(f"{split}/{name}", step_metric="epoch", summary=goal)
         self.run.define_metric("lr", step_metric="epoch")
         self.run.define_metric("epoch_seconds", step_metric="epoch")
+        if self.mode == "offline":
+            for row in history:
+                self.log_epoch(row)
+
+    @staticmethod
+    def _start_offline_afresh(directory: Path, kwargs: dict[str, Any], resumed: bool) -> None:
+        if resumed:
+            _supersede_offline_records(directory / "wandb", kwargs["id"])
+            kwargs["resume"] = None
 
     @property
     def enabled(self) -> bool:
@@ -183,6 +206,42 @@ class WandbRun:
         if offline:
             log.info("W&B offline run saved in %s; upload with: wandb sync %s", offline, offline)
         self.run = None
+
+
+def _supersede_offline_records(wandb_dir: Path, wandb_id: str) -> None:
+    """Move earlier offline records of this run id to ``superseded/`` (kept, but not synced by
+    ``wandb sync <run>/wandb/offline-run-*``): the new record replays their epochs."""
+    earlier = sorted(wandb_dir.glob(f"offline-run-*-{wandb_id}")) if wandb_dir.is_dir() else []
+    if not earlier:
+        return
+    target = wandb_dir / "superseded"
+    target.mkdir(exist_ok=True)
+    for folder in earlier:
+        folder.rename(target / folder.name)
+    log.info("resumed offline: %d earlier W&B record(s) of %s moved to %s; the new one replays their epochs", len(earlier), wandb_id, target)
+
+
+def linked_run(
+    *,
+    source_run_id: str,
+    run_dir: Path,
+    config: Mapping[str, Any],
+    wandb_cfg: Any,
+    job_type: str,
+    name: str,
+    mode: str | None,
+) -> WandbRun:
+    """A W&B run for work done with a trained run (predict, evaluate), grouped with it.
+
+    ``wandb_cfg`` is the run's ``wandb`` settings (mode, project, entity, group, tags, dir);
+    ``mode`` overrides its mode.
+    """
+    return WandbRun(
+        run_id=f"{source_run_id}-{name}", run_dir=run_dir, config={**config, "source_run": source_run_id},
+        mode=mode or wandb_cfg.mode, project=wandb_cfg.project, entity=wandb_cfg.entity,
+        group=wandb_cfg.group or source_run_id, tags=[*wandb_cfg.tags, job_type], job_type=job_type,
+        wandb_dir=wandb_cfg.dir, resume=True,
+    )
 
 
 def _wandb_id(run_id: str) -> str:

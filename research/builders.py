@@ -1,0 +1,141 @@
+"""Config -> components: the only code besides the CLI and ``config.py`` that reads the whole config.
+
+Each builder maps settings to the plain, typed arguments of one component (a model, a
+transform, loaders, an optimiser...); the components themselves never see ``cfg``. Training
+(:mod:`research.train`) and inference (:mod:`research.inference`) build from here, so a run's
+eval preprocessing is the same object in both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import albumentations as A
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from research.config import augment_params
+from research.data.classes import CANONICAL_CLASSES
+from research.data.datasets import DataBundle
+from research.data.transforms import build_eval_transform, build_train_transform
+from research.engine.trainer import seed_worker
+from research.faces import HaarFaceCropper
+from research.models import create_model
+from research.models.classifier import FERClassifier
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
+    """The run's model; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
+    model_cfg = cfg.model
+    model = create_model(
+        model_cfg.name, len(CANONICAL_CLASSES),
+        pretrained=model_cfg.pretrained and pretrained,
+        pretrained_file=model_cfg.pretrained_file if pretrained else None,
+        pretrained_fallback=model_cfg.pretrained_fallback, in_chans=cfg.data.channels, dropout=model_cfg.dropout,
+    )
+    if model_cfg.mode == "frozen":
+        model.freeze_backbone()
+    return model
+
+
+def normalization(cfg: DictConfig, model: FERClassifier) -> Stats:
+    """``data.mean/std`` when set, else the model's own (ImageNet for pretrained backbones)."""
+    mean = tuple(cfg.data.mean) if cfg.data.mean is not None else model.mean
+    std = tuple(cfg.data.std) if cfg.data.std is not None else model.std
+    return mean, std
+
+
+def eval_transform(cfg: DictConfig, mean, std) -> A.Compose:
+    """The deterministic preprocessing of a run: validation, evaluate and predict all use it."""
+    return build_eval_transform(cfg.data.image_size, channels=cfg.data.channels, mean=mean, std=std)
+
+
+def train_transform(cfg: DictConfig, mean, std) -> A.Compose:
+    return build_train_transform(
+        cfg.data.image_size, channels=cfg.data.channels, mean=mean, std=std, augment=augment_params(cfg),
+        seed=cfg.run.seed,
+    )
+
+
+def build_loaders(bundle: DataBundle, cfg: DictConfig, *, seed: int) -> tuple[DataLoader, DataLoader]:
+    data_cfg = cfg.data
+    generator = torch.Generator().manual_seed(seed)
+    common = dict(
+        batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers, pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker if data_cfg.num_workers else None, persistent_workers=False,
+    )
+    if data_cfg.sampler == "balanced":
+        counts = np.bincount(bundle.train.targets, minlength=len(CANONICAL_CLASSES)).astype(float)
+        weights = [1.0 / counts[t] for t in bundle.train.targets]
+        sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True, generator=generator)
+        train_loader = DataLoader(bundle.train, sampler=sampler, drop_last=False, **common)
+    else:
+        train_loader = DataLoader(bundle.train, shuffle=True, generator=generator, **common)
+    val_loader = DataLoader(bundle.val, shuffle=False, **common)
+    return train_loader, val_loader
+
+
+def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
+    """Weight decay on weights only (not on biases and norm parameters)."""
+    decay = [p for _, p in model.named_parameters() if p.ndim > 1]
+    no_decay = [p for _, p in model.named_parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if optim_cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=optim_cfg.lr)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, optim_cfg: DictConfig, *, epochs: int, steps_per_epoch: int, monitor: str
+):
+    """Returns (scheduler or None, interval "step" | "epoch")."""
+    if optim_cfg.scheduler == "step":
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=optim_cfg.step_size, gamma=optim_cfg.gamma)
+        return scheduler, "epoch"
+    if optim_cfg.scheduler == "plateau":
+        mode = "min" if monitor.endswith("loss") else "max"
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, factor=optim_cfg.gamma, patience=2), "epoch"
+    total = max(1, epochs * steps_per_epoch)
+    warmup = min(optim_cfg.warmup_epochs * steps_per_epoch, total - 1)
+    floor, constant = optim_cfg.min_lr_ratio, optim_cfg.scheduler == "none"
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        if constant:
+            return 1.0
+        progress = (step - warmup) / max(1, total - warmup)
+        return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
+
+
+def build_loss(train_cfg: DictConfig, class_counts: dict[str, int]) -> nn.Module:
+    """Cross-entropy, optionally class-weighted: ``balanced`` weights are N / (K n_c) (sklearn's
+    "balanced"); ``sqrt`` uses their square root, which helps rare classes without letting a
+    class of 15 images dominate the gradient (plain inverse frequency collapses predictions
+    onto it on the course data). Weights are normalised to mean 1 over the present classes."""
+    weight = None
+    if train_cfg.class_weighting != "none":
+        counts = torch.tensor([max(class_counts[c], 1) for c in CANONICAL_CLASSES], dtype=torch.float32)
+        present = torch.tensor([class_counts[c] > 0 for c in CANONICAL_CLASSES], dtype=torch.float32)
+        weight = present / counts
+        if train_cfg.class_weighting == "sqrt":
+            weight = weight.sqrt()
+        weight = weight * present.sum() / weight.sum()
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=train_cfg.label_smoothing)
+
+
+def face_cropper(cfg: DictConfig, *, fallback: bool | None = None) -> Callable:
+    """The Haar cropper of a run's ``faces`` settings (``fallback`` overrides the config's)."""
+    faces = cfg.faces
+    return HaarFaceCropper(
+        scale_factor=faces.scale_factor, min_neighbors=faces.min_neighbors, min_size=faces.min_size,
+        margin=faces.margin, pad=faces.pad, upscale_to=faces.upscale_to,
+        fallback=faces.fallback if fallback is None else fallback,
+    )

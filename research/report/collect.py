@@ -1,0 +1,211 @@
+"""Collecting runs for the report: run folders (the source of truth) or the W&B API.
+
+Both sources are read through the typed run summary (:class:`RunSummary`); a
+:class:`RunRecord` is that summary plus what the report adds (history, confusion matrix,
+per-class metrics, new-image predictions, evaluations, display label).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from research.predict import MODES as PREDICTION_MODES
+from research.predict import compare_modes
+from research.tracking import wandb_log
+from research.tracking.runs import RunFolder, RunFolderError, read_json
+from research.tracking.summary import RunSummary
+
+log = logging.getLogger(__name__)
+
+TRAIN_HINT = "train one with `poetry run train --config scratch_cnn data.root=demo`"
+MODES = PREDICTION_MODES["both"]
+# How deep below a --runs folder run folders are looked for (runs/sweeps/<id>/trials/<run>).
+MAX_DEPTH = 4
+
+
+class NoRunsError(RunFolderError):
+    """No finished run to report on."""
+
+
+class WandbReportError(RuntimeError):
+    """The W&B project could not be read."""
+
+
+@dataclass
+class RunRecord(RunSummary):
+    """A run's summary plus what the report adds; ``path`` is ``None`` for runs read from W&B."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    path: Path | None = None
+    url: str | None = None
+    confusion: dict[str, Any] | None = None  # {"class_names": [...], "counts": [[...]]}
+    per_class: dict[str, dict[str, float]] | None = None
+    predictions: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # mode -> records
+    comparison: dict[str, Any] | None = None
+    evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> metrics.json
+    label: str = ""  # display name: the model, or the run id when models repeat
+    key: str = ""  # unique folder name under <report>/figures/
+
+    @classmethod
+    def of(cls, summary: RunSummary, **extra: Any) -> RunRecord:
+        return cls(**{f: getattr(summary, f) for f in summary.__dataclass_fields__}, **extra)
+
+    def score(self, metric: str) -> float | None:
+        """The selected checkpoint's validation ``metric`` (``acc``, ``macro_f1``, ...)."""
+        return self.best.get(f"val/{metric}")
+
+    @property
+    def synthetic(self) -> bool:
+        return self.dataset.synthetic
+
+
+@dataclass
+class RunSet:
+    runs: list[RunRecord]
+    skipped: list[RunRecord]
+    source: str  # where the runs came from, for the header
+
+
+# --- collecting ---------------------------------------------------------------------------
+def find_run_folders(roots: Iterable[str | Path]) -> list[Path]:
+    """Run folders (with summary.json or config.yaml) equal to or below each root, sorted per root."""
+    found: dict[Path, None] = {}
+    for root in roots:
+        root = Path(root)
+        if root.is_file():
+            root = root.parent
+        if not root.is_dir():
+            log.warning("%s does not exist; no runs read from it", root)
+            continue
+        for folder in _walk(root, 0):
+            found.setdefault(folder.resolve(), None)
+    return list(found)
+
+
+def _walk(folder: Path, depth: int) -> list[Path]:
+    if (folder / "summary.json").exists() or (folder / "config.yaml").exists():
+        return [folder]
+    if depth >= MAX_DEPTH:
+        return []
+    out: list[Path] = []
+    for child in sorted(folder.iterdir()):
+        if child.is_dir() and not child.name.startswith(".") and child.name != "wandb":
+            out.extend(_walk(child, depth + 1))
+    return out
+
+
+def _read_optional_json(path: Path) -> Any:
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except json.JSONDecodeError as err:
+        log.warning("%s is not valid JSON (%s); left out of the report", path, err)
+        return None
+
+
+def load_run_record(folder: Path) -> RunRecord:
+    """Everything the report uses from one run folder; optional files may be missing."""
+    run = RunFolder(folder)
+    data = run.read_summary()
+    if not data:
+        return RunRecord(run_id=run.run_id, status="no summary.json", path=run.path)
+    record = RunRecord.of(RunSummary.from_dict(data, run_id=run.run_id), path=run.path)
+    if record.status == "finished" and not record.best:
+        record.status = "finished without best metrics"
+    if not record.finished:
+        return record
+    record.history = run.read_history()
+    record.confusion = _read_optional_json(run.path / "confusion_counts.json")
+    record.per_class = _read_optional_json(run.path / "per_class.json")
+    for mode in MODES:
+        records = _read_optional_json(run.predictions / mode / "predictions.json")
+        if records is not None:
+            record.predictions[mode] = records
+    if record.predictions:
+        record.comparison = _read_optional_json(run.predictions / "comparison.json")
+        if record.comparison is None:
+            record.comparison = compare_modes(record.predictions)
+    for metrics_path in sorted(run.evaluations.glob("*/metrics.json")):
+        metrics = _read_optional_json(metrics_path)
+        if metrics is not None:
+            record.evaluations[metrics_path.parent.name] = metrics
+    return record
+
+
+def collect_runs(run_paths: Sequence[str | Path]) -> RunSet:
+    """Finished runs (best validation macro-F1 first) and the skipped ones, from run folders.
+
+    Raises:
+        NoRunsError: no finished run below ``run_paths``.
+    """
+    records = [load_run_record(folder) for folder in find_run_folders(run_paths)]
+    runs = [r for r in records if r.finished]
+    skipped = [r for r in records if not r.finished]
+    for record in skipped:
+        log.warning("skipping run %s: status %s", record.run_id, record.status)
+    where = ", ".join(str(p) for p in run_paths) or "(no path given)"
+    if not runs:
+        extra = f" (skipped: {skipped_text(skipped)})" if skipped else ""
+        raise NoRunsError(f"no finished runs under {where}{extra}; {TRAIN_HINT}")
+    return RunSet(finish_records(runs), skipped, f"local run folders: {where}")
+
+
+def finish_records(runs: list[RunRecord]) -> list[RunRecord]:
+    """Sort by best validation macro-F1 (desc, then run id) and assign labels and figure keys."""
+    runs = sorted(runs, key=lambda r: (-(r.score("macro_f1") if r.score("macro_f1") is not None else float("-inf")), r.run_id))
+    model_counts = Counter(r.model for r in runs)
+    keys: Counter[str] = Counter()
+    for record in runs:
+        record.label = record.model if model_counts[record.model] == 1 else record.run_id
+        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in record.run_id)
+        keys[safe] += 1
+        record.key = safe if keys[safe] == 1 else f"{safe}-{keys[safe]}"
+    return runs
+
+
+def wandb_record(raw: dict[str, Any]) -> RunRecord:
+    """A :class:`RunRecord` from one entry of :func:`wandb_log.fetch_project_runs`."""
+    summary = RunSummary.from_wandb(
+        name=str(raw.get("name", "?")), config=raw.get("config") or {}, summary=raw.get("summary") or {}
+    )
+    history = sorted((dict(row) for row in raw.get("history") or [] if "epoch" in row), key=lambda row: row["epoch"])
+    if summary.epochs_run is None and history:
+        summary.epochs_run = max(int(row["epoch"]) for row in history)
+    return RunRecord.of(summary, history=history, url=raw.get("url"))
+
+
+def collect_wandb_runs(path: str) -> RunSet:
+    """Finished training runs of W&B project ``ENTITY/PROJECT`` (online only).
+
+    Raises:
+        WandbReportError: the project could not be read (no network, not logged in, wrong path).
+        NoRunsError: the project has no finished training run.
+    """
+    hint = (
+        "`--wandb` reads runs through the W&B API: it needs network access and `wandb login` "
+        "(or WANDB_API_KEY). Offline, build the report from the local run folders instead: "
+        "`poetry run report --runs runs/`"
+    )
+    if path.count("/") != 1 or not all(path.split("/")):
+        raise WandbReportError(f"--wandb expects ENTITY/PROJECT, got {path!r}. {hint}")
+    try:
+        raw_runs = wandb_log.fetch_project_runs(path)
+    except Exception as err:  # network, auth and API errors all mean the same thing here
+        raise WandbReportError(f"could not read W&B project {path}: {err}. {hint}") from err
+    records = [wandb_record(raw) for raw in raw_runs]
+    runs = [r for r in records if r.finished]
+    skipped = [r for r in records if not r.finished]
+    if not runs:
+        raise NoRunsError(f"no finished training runs in W&B project {path}; {TRAIN_HINT}")
+    return RunSet(finish_records(runs), skipped, f"W&B project {path}")
+
+
+def skipped_text(skipped: Sequence[RunRecord]) -> str:
+    return ", ".join(f"`{r.run_id}` ({r.status})" for r in skipped)

@@ -1,0 +1,246 @@
+"""Conclusions of the report, computed from the numbers; each bullet quotes the numbers it rests on."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+
+from research.report.collect import RunRecord
+
+
+def _points(a: float, b: float) -> str:
+    """Difference of two fractions in percentage points."""
+    return f"{abs(a - b) * 100:.1f} points"
+
+
+def conclusions(runs: Sequence[RunRecord]) -> list[str]:
+    """Markdown bullets computed from the numbers; each quotes the numbers it rests on."""
+    lines: list[str] = []
+    datasets = sorted({r.dataset.name for r in runs})
+    if len(datasets) > 1:
+        lines.append(
+            f"- Caution: the runs used {len(datasets)} different datasets ({', '.join(datasets)}); "
+            "validation scores are only comparable between runs on the same data."
+        )
+    lines += _best_model(runs)
+    lines += _cost_of_speed(runs)
+    lines += _calibration(runs)
+    for record in runs:
+        facts = [
+            fact
+            for fact in (
+                _confused_pair(record),
+                _weakest_class(record),
+                _crop_effect(record),
+                _overfitting(record),
+                _best_epoch_note(record),
+            )
+            if fact
+        ]
+        if facts:
+            lines.append(f"- **{record.label}** (`{record.run_id}`):")
+            lines += [f"  - {fact}" for fact in facts]
+    return lines
+
+
+def _scored(runs: Sequence[RunRecord], metric: str) -> list[RunRecord]:
+    return [r for r in runs if r.score(metric) is not None]
+
+
+def _best_model(runs: Sequence[RunRecord]) -> list[str]:
+    scored = _scored(runs, "macro_f1")
+    if not scored:
+        return ["- No run has a validation macro-F1; nothing to rank."]
+    best = scored[0]
+    f1 = float(best.score("macro_f1"))
+    text = f"- Best model by validation macro-F1: **{best.label}** with {f1:.3f}"
+    if best.score("acc") is not None:
+        text += f" (accuracy {best.score('acc'):.3f})"
+    if len(scored) == 1:
+        text += "; it is the only run, so there is nothing to compare it with."
+    else:
+        second = scored[1]
+        f1_second = float(second.score("macro_f1"))
+        if f1 == f1_second:
+            text += f", tied with {second.label} ({f1_second:.3f})."
+        else:
+            text += (
+                f", {_points(f1, f1_second)} above the runner-up {second.label} ({f1_second:.3f})."
+            )
+    if best.dataset.val_images:
+        text += f" One validation image is {100 / best.dataset.val_images:.2f} accuracy points ({best.dataset.val_images} images)."
+    return [text]
+
+
+def _cost_of_speed(runs: Sequence[RunRecord]) -> list[str]:
+    scored = _scored(runs, "macro_f1")
+    if len(scored) < 2:
+        return []
+    best = scored[0]
+    lines = []
+    for attr, what, unit, fewer in (
+        ("latency_ms_per_image", "Fastest at inference", "ms/image (CPU, batch 1)", "faster than"),
+        ("params_total", "Smallest", "M parameters", "fewer than"),
+    ):
+        have = [r for r in scored if getattr(r, attr) is not None]
+        if len(have) < 2 or getattr(best, attr) is None:
+            continue
+        pick = min(have, key=lambda r: (getattr(r, attr), r.run_id))
+        scale = 1e6 if attr == "params_total" else 1.0
+        value, best_value = getattr(pick, attr) / scale, getattr(best, attr) / scale
+        if pick is best:
+            lines.append(
+                f"- {what}: the best model {best.label} is also the one ({value:.2f} {unit})."
+            )
+            continue
+        f1_pick, f1_best = float(pick.score("macro_f1")), float(best.score("macro_f1"))
+        cost = (
+            f"it gives up {_points(f1_best, f1_pick)} of macro-F1"
+            if f1_pick <= f1_best
+            else f"it gains {_points(f1_pick, f1_best)} of macro-F1"
+        )
+        ratio = f"{best_value / value:.1f}x" if value > 0 else "n/a"
+        lines.append(
+            f"- {what}: **{pick.label}** at {value:.2f} {unit}, {ratio} {fewer} the best model "
+            f"{best.label} ({best_value:.2f}); {cost} ({f1_pick:.3f} vs {f1_best:.3f})."
+        )
+    return lines
+
+
+def _calibration(runs: Sequence[RunRecord]) -> list[str]:
+    lines = []
+    have = sorted(_scored(runs, "ece"), key=lambda r: (float(r.score("ece")), r.run_id))
+    if have:
+        best = have[0]
+        text = f"- Best calibrated (lowest validation ECE): **{best.label}**, ECE {best.score('ece'):.3f}"
+        if len(have) > 1:
+            worst = have[-1]
+            text += f" (worst: {worst.label}, {worst.score('ece'):.3f})"
+        lines.append(text + ".")
+    confident = []
+    for record in runs:
+        stats = ((record.comparison or {}).get("modes") or {}).get("raw")
+        if stats and stats.get("mean_confidence") is not None:
+            confident.append((float(stats["mean_confidence"]), record, stats))
+    if confident:
+        confidence, record, stats = max(confident, key=lambda t: (t[0], t[1].run_id))
+        text = (
+            f"- Most confident on the new images: **{record.label}**, mean top-class probability "
+            f"{confidence:.3f} over {stats['images']} image(s) (raw, no crop)"
+        )
+        if stats.get("accuracy") is not None:
+            acc = float(stats["accuracy"])
+            relation = "above" if confidence > acc else "below"
+            text += (
+                f"; its accuracy there is {acc:.3f} on {stats['labelled']} labelled image(s), so "
+                f"confidence is {_points(confidence, acc)} {relation} accuracy"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def _confused_pair(record: RunRecord) -> str | None:
+    if not record.confusion:
+        return None
+    names, counts = record.confusion["class_names"], record.confusion["counts"]
+    pairs = [
+        (counts[i][j], i, j)
+        for i in range(len(names))
+        for j in range(len(names))
+        if i != j and counts[i][j] > 0
+    ]
+    if not pairs:
+        return "no validation image was confused with another class."
+    count, i, j = max(pairs, key=lambda p: (p[0], -p[1], -p[2]))
+    support = sum(counts[i])
+    return (
+        f"most confused pair: true **{names[i]}** predicted as **{names[j]}** in {count} of "
+        f"{support} {names[i]} validation images ({100 * count / support:.1f}%)."
+    )
+
+
+def _weakest_class(record: RunRecord) -> str | None:
+    classes = {k: v for k, v in (record.per_class or {}).items() if v.get("support", 0) > 0}
+    if not classes:
+        return None
+    name, m = min(classes.items(), key=lambda kv: (kv[1]["f1"], kv[0]))
+    return (
+        f"weakest class: **{name}**, F1 {m['f1']:.3f} (precision {m['precision']:.3f}, "
+        f"recall {m['recall']:.3f}, {int(m['support'])} validation images)."
+    )
+
+
+def _crop_effect(record: RunRecord) -> str | None:
+    modes = (record.comparison or {}).get("modes") or {}
+    raw, haar = modes.get("raw"), modes.get("haar")
+    if not raw or not haar:
+        return None
+    text = "Haar crop on the new images: "
+    if raw.get("accuracy") is not None and haar.get("accuracy") is not None:
+        diff = float(haar["accuracy"]) - float(raw["accuracy"])
+        verdict = (
+            "helped" if diff > 0 else ("hurt" if diff < 0 else "made no difference to accuracy")
+        )
+        text += (
+            f"accuracy {raw['accuracy']:.3f} raw ({raw['labelled']} labelled) vs {haar['accuracy']:.3f} "
+            f"cropped ({haar['labelled']} labelled): the crop {verdict}"
+        )
+        text += f" ({'+' if diff > 0 else '-'}{_points(diff, 0)})" if diff else ""
+    else:
+        text += "the images carry no labels, so accuracy is unknown"
+    effects = Counter(c.get("effect") for c in (record.comparison or {}).get("changes", []))
+    text += (
+        f"; the crop fixed {effects['fixed by crop']} and broke {effects['broken by crop']} "
+        f"prediction(s) and changed the winner of "
+        f"{effects['changed (both wrong)'] + effects['changed']} more"
+    )
+    text += f"; no face found in {haar.get('no_face', 0)} of {haar['images']} image(s)"
+    if any(p.get("fallback") for p in record.predictions.get("haar", [])):
+        text += " (the whole image was scored for those)"
+    raw_scores = {p["image"]: p["scores"] for p in record.predictions.get("raw", [])}
+    same = sum(
+        1
+        for p in record.predictions.get("haar", [])
+        if p["image"] in raw_scores
+        and all(abs(v - raw_scores[p["image"]].get(c, -1.0)) < 1e-6 for c, v in p["scores"].items())
+    )
+    if same:
+        text += f"; the cropped scores equal the raw ones on {same} of {haar['images']} image(s)"
+    if haar["images"] < raw["images"]:
+        text += (
+            f"; only {haar['images']} of {raw['images']} images were scored cropped "
+            "(the rest had no face and no fallback)"
+        )
+    return text + "."
+
+
+def _overfitting(record: RunRecord) -> str | None:
+    rows = [r for r in record.history if "train/acc" in r and "val/acc" in r]
+    if not rows:
+        return None
+    last = rows[-1]
+    train, val = float(last["train/acc"]), float(last["val/acc"])
+    if train > val:
+        relation = f"train {_points(train, val)} above validation"
+    elif train < val:
+        relation = f"validation {_points(train, val)} above train"
+    else:
+        relation = "no gap"
+    return (
+        f"overfitting check at the last epoch ({int(last['epoch'])}): train accuracy {train:.3f} vs "
+        f"validation {val:.3f}, {relation} (train accuracy is measured on augmented batches)."
+    )
+
+
+def _best_epoch_note(record: RunRecord) -> str | None:
+    if record.best_epoch is None or record.epochs_run is None:
+        return None
+    if record.best_epoch == record.epochs_run:
+        return (
+            f"best epoch {record.best_epoch} of {record.epochs_run} is the last one: {record.monitor} "
+            "was still improving when training stopped."
+        )
+    return (
+        f"best epoch {record.best_epoch} of {record.epochs_run}: {record.monitor} did not improve "
+        f"in the last {record.epochs_run - record.best_epoch} epoch(s)."
+    )
