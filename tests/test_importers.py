@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from research.cli import prepare_data_main
 from research.data.classes import CANONICAL_CLASSES, UnknownClassError
 from research.data.datasets import load_datasets
 from research.data.importers import (
@@ -432,3 +433,33 @@ def test_killed_import_is_rerun_cleanly(tmp_path, monkeypatch):
     result = import_dataset("fer2013", src, dest)
     assert (result.written, result.unchanged) == (16, 5)
     check_manifest(dest)
+
+
+# --- CLI ------------------------------------------------------------------------------------
+def test_cli_exit_codes(tmp_path, capsys, caplog):
+    rows = fer_rows()
+    src = write_fer2013(tmp_path / "fer2013.csv", rows)
+    with pytest.raises(SystemExit) as exit_:
+        prepare_data_main(["fer2013", str(src), str(tmp_path / "out"), "--seed", "3"])
+    assert exit_.value.code == 0
+    assert "--seed is not used by the fer2013 importer; ignored" in caplog.text
+    assert capsys.readouterr().out.strip() == str((tmp_path / "out").resolve())
+
+    rows[0] = ("9", rows[0][1], rows[0][2])
+    bad = write_fer2013(tmp_path / "bad" / "fer2013.csv", rows)
+    caplog.clear()
+    with pytest.raises(SystemExit) as exit_:
+        prepare_data_main(["fer2013", str(bad), str(tmp_path / "out2")])
+    assert exit_.value.code == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "fer2013.csv line 2: emotion '9' is not an id 0..6" in errors[0]
+
+
+def test_registered_as_command():
+    import tomllib
+
+    from research.__main__ import COMMANDS
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["prepare-data"] == "research.cli:prepare_data_main"
+    assert COMMANDS["prepare-data"] is prepare_data_main
