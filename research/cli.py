@@ -48,6 +48,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from research.data.datasets import DatasetLayoutError
     from research.data.download import DownloadError
     from research.data.images import ImageDecodeError
+    from research.data.importers import DatasetImportError
     from research.engine.trainer import NonFiniteLossError
     from research.faces import NoFaceFoundError
     from research.models.backbones import PretrainedWeightsError
@@ -55,7 +56,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from research.tracking.runs import OutputWriteError, RunFolderError
 
     return (
-        ConfigError, AugmentError, UnknownClassError, DatasetLayoutError, DownloadError, ImageDecodeError,
+        ConfigError, AugmentError, UnknownClassError, DatasetLayoutError, DatasetImportError, DownloadError, ImageDecodeError,
         NonFiniteLossError, NoFaceFoundError, PretrainedWeightsError, RunFolderError, WandbReportError,
         OutputWriteError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError,
     )
@@ -359,3 +360,68 @@ def pipeline_main(argv: Sequence[str] | None = None) -> None:
         return 0 if result.ok else 1
 
     run_main(parser, argv, action, overrides=True)
+
+
+# --- prepare-data -------------------------------------------------------------------------
+PREPARE_DATA_EPILOG = """\
+formats and SRC:
+  fer2013    FER2013's CSV (emotion,pixels,Usage) or its folder; Training -> train,
+             PublicTest -> validation, PrivateTest -> test; 48x48 PNGs
+  ferplus    a folder with fer2013.csv and FERPlus's fer2013new.csv (or --labels); majority
+             vote, ties/unknown/NF/contempt dropped and counted
+  rafdb      RAF-DB basic (EmoLabel/list_patition_label.txt, Image/aligned/); its test split
+             becomes validation/ (RAF-DB has no separate validation split)
+  affectnet  SRC/train/<id>/ and SRC/val/<id>/ (ids 0..7 or English class names)
+  filenames  JAFFE-style names (KA.AN1.39.tiff) and/or CK+-style class folders (names or ids
+             0..7); a seeded stratified validation split is drawn (--val-fraction, --seed)
+
+examples:
+  poetry run prepare-data fer2013 ~/datasets/fer2013/fer2013.csv data/fer2013
+  poetry run prepare-data ferplus ~/datasets/ferplus data/ferplus          # fer2013.csv + fer2013new.csv
+  poetry run prepare-data ferplus ~/datasets/fer2013.csv data/ferplus --labels ~/FERPlus/fer2013new.csv
+  poetry run prepare-data rafdb ~/datasets/RAF-DB/basic data/rafdb
+  poetry run prepare-data affectnet ~/datasets/affectnet data/affectnet --contempt map:disgust
+  poetry run prepare-data filenames ~/datasets/jaffe data/jaffe --val-fraction 0.2 --seed 0
+  poetry run prepare-data filenames ~/datasets/CK+48 data/ckplus --bad-rows skip
+then train with data.root=DEST
+"""
+
+
+def prepare_data_main(argv: Sequence[str] | None = None) -> None:
+    from research.data.importers import FORMATS
+
+    parser = _parser(
+        "prepare-data",
+        "Import a public facial-expression dataset into the class-folder layout training reads: "
+        "DEST/train/<class>/, DEST/validation/<class>/ (and DEST/test/<class>/ where the source has a test split), "
+        "canonical English class names, and DEST/manifest.json (counts per split and class, dropped items with "
+        "reasons, sha256 of every file). Idempotent: a second run changes nothing and says so.",
+        PREPARE_DATA_EPILOG,
+    )
+    parser.add_argument("format", choices=FORMATS, help="source format (see below)")
+    parser.add_argument("src", type=Path, help="the source as downloaded (a file or folder, per format)")
+    parser.add_argument("dest", type=Path, help="output folder (new, empty, or an earlier import of the same source)")
+    parser.add_argument(
+        "--bad-rows", choices=("error", "skip"), default=None,
+        help="bad rows, missing or unreadable images: stop with the file and line (default), or leave them out (counted in the manifest)",
+    )
+    parser.add_argument(
+        "--contempt", metavar="{drop,keep,map:CLASS}", default=None,
+        help="ferplus/affectnet/filenames: drop contempt (default), keep it as contempt/ (training refuses it), or map it to a class",
+    )
+    parser.add_argument("--labels", type=Path, help="ferplus: the fer2013new.csv label file (default: SRC/fer2013new.csv)")
+    parser.add_argument("--val-fraction", type=float, default=None, help="filenames: share of each class put in validation (default 0.2)")
+    parser.add_argument("--seed", type=int, default=None, help="filenames: seed of the validation split (default 0)")
+    parser.add_argument("--force", action="store_true", help="replace an import of another source or format in DEST")
+
+    def action(args: argparse.Namespace, _: list[str]) -> int:
+        from research.data.importers import import_dataset
+
+        result = import_dataset(
+            args.format, args.src, args.dest, bad_rows=args.bad_rows, contempt=args.contempt,
+            val_fraction=args.val_fraction, seed=args.seed, labels=args.labels, force=args.force,
+        )
+        _print(result.dest)
+        return 0
+
+    run_main(parser, argv, action)
