@@ -16,6 +16,7 @@ COMMANDS = {
     "report": cli.report_main,
     "pipeline": cli.pipeline_main,
     "fetch-data": cli.fetch_data_main,
+    "sync-runs": cli.sync_runs_main,
     "prepare-data": cli.prepare_data_main,
 }
 

@@ -256,7 +256,12 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
         try:
             loaded = OmegaConf.load(path)
         except Exception as err:
-            raise ConfigError(f"cannot read config file {path}: {err}") from None
+            raise ConfigError(f"cannot read config file {path}: {' '.join(str(err).split())}") from None
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(
+                f"{path}: the top level must be a mapping of sections (data:, model:, optim:, train:, ...), "
+                f"got a {type(loaded).__name__.removesuffix('Config').lower() or 'value'}"
+            )
         cfg = _merge_checked(cfg, loaded, f"config file {path}")
     for item in parse_overrides(overrides):
         cfg = _override_node(cfg, item)

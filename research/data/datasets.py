@@ -82,7 +82,10 @@ def scan_split(folder: Path, split: str) -> SplitScan:
     mapping = map_folders(p.name for p in class_dirs)
     scan = SplitScan(split=split, folder=folder, paths=[], targets=[])
     for class_dir in class_dirs:
-        files = sorted(p for p in class_dir.rglob("*") if p.is_file() and not p.name.startswith("."))
+        # Broken symbolic links are kept: decoding reports them by path (never silently dropped).
+        files = sorted(
+            p for p in class_dir.rglob("*") if (p.is_file() or (p.is_symlink() and not p.exists())) and not p.name.startswith(".")
+        )
         images = [p for p in files if is_image_path(p)]
         scan.not_images.extend(p for p in files if not is_image_path(p))
         if not images:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -9,6 +11,10 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
+# A JPEG over PIL's decompression-bomb limit is decoded at a reduced scale (JPEG's DCT scaling keeps
+# memory bounded): its longer side comes out between this and twice this many pixels.
+LARGE_JPEG_SIDE = 4096
+_LIMIT_LOCK = threading.Lock()
 
 
 class ImageDecodeError(ValueError):
@@ -48,10 +54,19 @@ def load_image(path: str | Path) -> np.ndarray:
         ImageDecodeError: the file is missing, not an image, truncated or corrupt.
     """
     path = Path(path)
+    if path.is_symlink() and not path.exists():
+        raise ImageDecodeError(
+            f"{path}: broken symbolic link (to {os.readlink(path)}). Restore its target or delete the link, "
+            "or set data.bad_files=skip to leave it out (it is still reported)."
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            try:
+                img = Image.open(path)
+            except Image.DecompressionBombError:
+                img = _open_large_jpeg(path)
+            with img:
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return to_rgb_array(img)
@@ -62,3 +77,23 @@ def load_image(path: str | Path) -> np.ndarray:
             f"{path}: cannot be decoded as an image ({err}). Delete or replace the file, "
             "or set data.bad_files=skip to leave it out (it is still reported)."
         ) from err
+
+
+def _open_large_jpeg(path: Path) -> Image.Image:
+    """Open an image over PIL's pixel limit: a JPEG is set to decode downscaled (bounded memory);
+    anything else is refused as a decompression bomb."""
+    with _LIMIT_LOCK:
+        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            img = Image.open(path)
+        finally:
+            Image.MAX_IMAGE_PIXELS = limit
+    if img.format != "JPEG":
+        size = img.size
+        img.close()
+        raise ImageDecodeError(
+            f"{path}: {size[0]}x{size[1]} pixels is over the decompression-bomb limit ({limit} pixels) and only "
+            "JPEGs can be decoded downscaled. Shrink the file, or set data.bad_files=skip to leave it out."
+        )
+    img.draft("RGB", (LARGE_JPEG_SIDE, LARGE_JPEG_SIDE))
+    return img

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import struct
+import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -75,10 +77,14 @@ class WandbRun:
         self._wandb = wandb
         self.mode = resolve_mode(mode)
         self.run = None
+        self._staging = _StagingDir(None)
         if self.mode == "disabled":
             return
         directory = Path(wandb_dir) if wandb_dir else Path(run_dir)
         directory.mkdir(parents=True, exist_ok=True)
+        # Offline, artifact files (the model, table data) are staged inside the run folder, not in the
+        # user's home: the folder then carries everything its later sync needs.
+        staging = _StagingDir(directory / "wandb" / STAGING)
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         kwargs: dict[str, Any] = dict(
             project=project, entity=entity, group=group, tags=list(tags), job_type=job_type,
@@ -89,6 +95,7 @@ class WandbRun:
         if self.mode == "offline":
             log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `wandb sync`", directory)
             self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
+            self._staging = staging.enter()
         try:
             self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **kwargs)
         except Exception as err:  # CommError, timeouts, auth errors: the run must go on
@@ -102,6 +109,7 @@ class WandbRun:
             wandb.teardown()
             self.mode = "offline"
             self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
+            self._staging = staging.enter()
             self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
         if in_sweep:
             self.run.config.update(dict(config), allow_val_change=True)
@@ -174,9 +182,9 @@ class WandbRun:
             crop = r.get("crop")
             table.add_data(
                 r["image"], r.get("mode"),
-                wandb.Image(r["original"]),
-                wandb.Image(crop) if crop is not None else None,
-                wandb.Image(r["preprocessed"]),
+                wandb.Image(_as_uint8(r["original"])),
+                wandb.Image(_as_uint8(crop)) if crop is not None else None,
+                wandb.Image(_as_uint8(r["preprocessed"])),
                 *[float(r["scores"][c]) for c in class_names],
                 r["winner"], r.get("true"), r.get("correct"), r.get("face_found"),
             )
@@ -199,13 +207,159 @@ class WandbRun:
         if not self.enabled:
             return
         offline = self.offline_dir
-        self.run.finish(exit_code=exit_code)
-        # finish() returns before W&B's service has flushed the run file; teardown waits for it,
-        # so the offline record is complete on disk when training returns.
-        self._wandb.teardown()
+        try:
+            self.run.finish(exit_code=exit_code)
+            # finish() returns before W&B's service has flushed the run file; teardown waits for it,
+            # so the offline record is complete on disk when training returns.
+            self._wandb.teardown()
+        finally:
+            self._staging.restore()
+            self.run = None
         if offline:
-            log.info("W&B offline run saved in %s; upload with: wandb sync %s", offline, offline)
-        self.run = None
+            log.info(
+                "W&B offline run saved in %s; upload with: poetry run sync-runs %s (works after moving the run "
+                "folder; plain `wandb sync` works while it stays where it is)", offline, offline,
+            )
+
+
+STAGING = "staging-data"  # WANDB_DATA_DIR of offline runs, inside <run>/wandb/
+
+
+class _StagingDir:
+    """Points ``WANDB_DATA_DIR`` (where W&B stages artifact files) at a folder for the life of a run."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path, self._saved, self._active = path, None, False
+
+    def enter(self) -> _StagingDir:
+        self._saved = os.environ.get("WANDB_DATA_DIR")
+        os.environ["WANDB_DATA_DIR"] = str(Path(self.path).resolve())
+        self._active = True
+        return self
+
+    def restore(self) -> None:
+        if not self._active:
+            return
+        if self._saved is None:
+            os.environ.pop("WANDB_DATA_DIR", None)
+        else:
+            os.environ["WANDB_DATA_DIR"] = self._saved
+        self._active = False
+
+
+def _as_uint8(image: Any) -> np.ndarray:
+    """An image array as uint8 for ``wandb.Image``, which casts floats without scaling: [0, 1] floats
+    (the de-normalised model input) are scaled to 0..255 first."""
+    array = np.asarray(image)
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.clip(array, 0.0, 1.0) * 255.0 + 0.5
+    return array.astype(np.uint8)
+
+
+# --- offline records that travel: W&B's record log, and re-pointing staged files after a move ---------
+_BLOCK, _HEADER = 32 * 1024, 7
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def read_record_log(path: Path) -> tuple[bytes, list[bytes]]:
+    """The 7-byte file header and the records of a ``run-*.wandb`` file (W&B's LevelDB-style log:
+    32 KiB blocks, each record fragment with a crc32 / length / type header)."""
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    records, pos, pending = [], _HEADER, b""
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        if length == 0 and kind == 0:  # zero padding up to the block end
+            pos += left
+            continue
+        fragment = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        pending = fragment if kind in (_FULL, _FIRST) else pending + fragment
+        if kind in (_FULL, _LAST):
+            records.append(pending)
+            pending = b""
+    return data[:_HEADER], records
+
+
+def write_record_log(path: Path, header: bytes, records: Sequence[bytes]) -> None:
+    """Write records in the same log format (fragmented across 32 KiB blocks, crc32 of type + data)."""
+    out = bytearray(header)
+    for data in records:
+        first = True
+        while True:
+            left = _BLOCK - len(out) % _BLOCK
+            if left < _HEADER:
+                out += b"\0" * left
+                continue
+            fragment, data = data[: left - _HEADER], data[left - _HEADER :]
+            last = not data
+            kind = (_FULL if last else _FIRST) if first else (_LAST if last else _MIDDLE)
+            crc = zlib.crc32(fragment, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
+            out += struct.pack("<IHB", crc, len(fragment), kind) + fragment
+            first = False
+            if last:
+                break
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(bytes(out))
+    os.replace(tmp, path)
+
+
+def relocate_offline_run(folder: Path) -> int:
+    """Point the staged artifact files of an offline run at where its run folder is now.
+
+    W&B records staged files by absolute path; after ``runs/`` is copied or moved (another machine,
+    another HOME) those paths are stale. Returns how many paths were rewritten (0: nothing to do).
+    """
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    folder = Path(folder).resolve()
+    staging = folder.parent / STAGING
+    run_file = next(folder.glob("run-*.wandb"), None)
+    if run_file is None:
+        raise FileNotFoundError(f"{folder} holds no run-*.wandb file: is it an offline-run-* folder?")
+    header, raw = read_record_log(run_file)
+    changed, out = 0, []
+    for data in raw:
+        record = pb.Record()
+        record.ParseFromString(data)
+        if record.WhichOneof("record_type") == "artifact":
+            for entry in record.artifact.manifest.contents:
+                marker = f"/{STAGING}/"
+                if entry.local_path and marker in entry.local_path:
+                    new = str(staging / entry.local_path.split(marker, 1)[1])
+                    if new != entry.local_path:
+                        entry.local_path, changed = new, changed + 1
+            data = record.SerializeToString()
+        out.append(data)
+    if changed:
+        write_record_log(run_file, header, out)
+    return changed
+
+
+def sync_offline_runs(paths: Sequence[Path], extra_args: Sequence[str] = ()) -> int:
+    """``poetry run sync-runs``: re-point staged files of every offline run under ``paths``, then
+    ``wandb sync`` them. Returns wandb's exit code."""
+    import subprocess
+    import sys
+
+    folders = sorted(
+        {f for p in map(Path, paths) for f in ([p] if p.name.startswith("offline-run-") else p.rglob("offline-run-*"))
+         if f.is_dir() and "superseded" not in f.parts}
+    )
+    if not folders:
+        raise FileNotFoundError(f"no offline W&B runs (offline-run-*) under {', '.join(map(str, paths))}")
+    for folder in folders:
+        if relocate_offline_run(folder):
+            log.info("%s: staged files re-pointed to %s", folder, folder.parent / STAGING)
+    wandb_cli = Path(sys.executable).with_name("wandb")
+    command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", *extra_args, *map(str, folders)]
+    log.info("running %s", " ".join(command[:3]) + f" ... ({len(folders)} run(s))")
+    return subprocess.run(command, check=False).returncode
 
 
 def _supersede_offline_records(wandb_dir: Path, wandb_id: str) -> None:
