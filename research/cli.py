@@ -278,6 +278,10 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         "--no-new-image-figures", action="store_true",
         help="tables only in the new-image section (no prediction sheets: e.g. photos you may not publish)",
     )
+    parser.add_argument(
+        "--compare-across-datasets", action="store_true",
+        help="rank runs of different datasets in one table (default: one comparison per dataset)",
+    )
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.report import report_cli
@@ -285,6 +289,7 @@ def report_main(argv: Sequence[str] | None = None) -> None:
         _print(report_cli(
             args.runs, args.out, wandb_path=args.wandb, title=args.title,
             include_new_image_figures=not args.no_new_image_figures,
+            compare_across_datasets=args.compare_across_datasets,
         ))
         return 0
 

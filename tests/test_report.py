@@ -1,20 +1,26 @@
 """The markdown report: tables, honest labels, computed conclusions, links that resolve.
 
-Run folders are written by hand (no training), so these tests take about a second.
+Runs are compared only within their dataset (one section per dataset) and sweeps are
+summarised per sweep, unless --compare-across-datasets asks for one combined ranking.
+Run and sweep folders are written by hand (no training), so these tests take seconds.
 """
 
 from __future__ import annotations
 
+import csv
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from research import report
+from research.cli import report_main
 from research.config import load_config, to_yaml
 from research.data.classes import CANONICAL_CLASSES
 from research.report import (
@@ -28,7 +34,7 @@ from research.report import (
 from research.tracking.runs import RunFolder, write_json
 
 FIGURES = (
-    "curves_loss.png", "curves_acc.png", "curves_macro_f1.png",
+    "curves_loss.png", "curves_acc.png", "curves_top2.png", "curves_macro_f1.png", "curves_lr.png",
     "confusion_counts.png", "confusion_normalized.png", "reliability.png",
 )  # fmt: skip
 
@@ -58,8 +64,11 @@ def make_run(
     params: int,
     status: str = "finished",
     final_train_acc: float = 0.9,
+    dataset: str | None = None,
 ) -> RunFolder:
-    """A run folder with the files the trainer writes (numbers chosen by the test)."""
+    """A run folder with the files the trainer writes (numbers chosen by the test).
+
+    ``dataset`` names a real dataset; by default real runs use dataset_emociones."""
     run = RunFolder(root / run_id)
     run.path.mkdir(parents=True)
     run.write_text("config.yaml", to_yaml(load_config(None, [f"model.name={model}"])))
@@ -72,8 +81,8 @@ def make_run(
     summary: dict[str, Any] = {
         "run_id": run_id, "status": status, "model": model,
         "dataset": {
-            "root": "demo" if synthetic else "data/dataset_emociones",
-            "name": "synthetic demo data" if synthetic else "dataset_emociones",
+            "root": "demo" if synthetic else f"data/{dataset or 'dataset_emociones'}",
+            "name": "synthetic demo data" if synthetic else dataset or "dataset_emociones",
             "synthetic": synthetic, "train_images": 700, "val_images": 200,
         },
         "pretrained": "none" if synthetic else "torchvision hub", "mode": "finetune",
@@ -156,6 +165,10 @@ def runs_root(tmp_path: Path) -> Path:
         synthetic=False, latency=12.0, params=11_000_000, final_train_acc=0.95,
     )  # fmt: skip
     add_evaluation(real)
+    make_run(
+        root, "mobilenet_v3_large-20260101-000000", model="mobilenet_v3_large", f1=0.64, acc=0.70,
+        ece=0.12, synthetic=False, latency=4.0, params=5_500_000,
+    )  # fmt: skip
     demo = make_run(
         root, "scratch_cnn-20260101-000000", model="scratch_cnn", f1=0.55, acc=0.60, ece=0.20,
         synthetic=True, latency=3.0, params=1_000_000,
@@ -172,52 +185,116 @@ def table_rows(markdown: str, first_cell: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith(f"| {first_cell} |")]
 
 
-def test_comparison_table_in_order_with_synthetic_label(runs_root: Path, tmp_path: Path) -> None:
+def section(markdown: str, heading: str) -> str:
+    """The text under ``heading`` up to the next ``## `` heading."""
+    assert heading in markdown, heading
+    return markdown.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+REAL = "## Dataset: dataset_emociones (real images, 700 train / 200 validation)"
+DEMO = "## Dataset: synthetic demo data (SYNTHETIC demo data, 700 train / 200 validation)"
+
+
+def png_links(markdown: str) -> list[str]:
+    return re.findall(r"\]\(([^)]+\.png)\)", markdown)
+
+
+def assert_chart(path: Path) -> None:
+    """A chart PNG that exists and is not one flat colour."""
+    assert path.is_file(), path
+    pixels = np.asarray(Image.open(path).convert("L"))
+    assert pixels.std() > 1.0, path
+
+
+def test_one_comparison_per_dataset_with_synthetic_label(runs_root: Path, tmp_path: Path) -> None:
     out = report_cli([runs_root], tmp_path / "reports" / "results.md")
     markdown = out.read_text()
-    lines = markdown.splitlines()
-    resnet = lines.index(table_rows(markdown, "resnet18")[0])
-    scratch = lines.index(table_rows(markdown, "scratch_cnn")[0])
-    assert resnet < scratch  # best validation macro-F1 first
-    assert "| 0.750 | 0.850 | 0.700 | 0.720 |" in lines[resnet]
-    assert "11.00 / 11.00" in lines[resnet] and "torchvision hub" in lines[resnet]
-    assert "(SYNTHETIC)" in lines[scratch] and "(SYNTHETIC)" not in lines[resnet]
-    # The honest label sits above the comparison table, the conclusions and the new-image table.
-    for section in ("## Comparison", "## Conclusions", "## New images"):
-        body = markdown.split(section, 1)[1].split("\n## ", 1)[0]
-        assert SYNTHETIC_LABEL in body, section
-    assert "- Runs compared: 2" in markdown
+    real, demo = section(markdown, REAL), section(markdown, DEMO)
+    assert markdown.index(REAL) < markdown.index(DEMO)  # real datasets first
+    # Each dataset's table holds its own runs only, best validation macro-F1 first.
+    assert [row.split(" | ")[1] for row in real.splitlines() if row.startswith(("| resnet18 |", "| mobilenet"))] == [
+        "`resnet18-20260101-000000`", "`mobilenet_v3_large-20260101-000000`",
+    ]  # fmt: skip
+    resnet = table_rows(real, "resnet18")[0]
+    assert "| 0.750 | 0.850 | 0.700 | 0.720 |" in resnet
+    assert "11.00 / 11.00" in resnet and "torchvision hub" in resnet
+    assert "scratch_cnn" not in real and SYNTHETIC_LABEL not in real
+    assert len(table_rows(demo, "scratch_cnn")) == 1
+    assert "resnet18" not in demo and "mobilenet" not in demo
+    # The honest label sits above the synthetic dataset's table and conclusions and the new-image table.
+    assert SYNTHETIC_LABEL in demo.split("### Comparison on", 1)[0]
+    assert SYNTHETIC_LABEL in section(markdown, "## New images")
+    # One chart per dataset, each a real image.
+    charts = [png_links(real)[0], png_links(demo)[0]]
+    assert charts == ["figures/comparison_dataset_emociones.png", "figures/comparison_synthetic-demo-data_synthetic.png"]
+    for chart in charts:
+        assert_chart(out.parent / chart)
+    assert "- Single runs: 3, on 2 datasets, compared only within each dataset" in markdown
     assert "`scratch_cnn-20260101-000000` (scratch_cnn): none" in markdown
+    per_model = section(markdown, "## Per model")
+    assert "Trained on dataset_emociones (real images)." in per_model
+    assert "Trained on synthetic demo data (SYNTHETIC demo data)." in per_model
+    assert "![top-2 accuracy](figures/resnet18-20260101-000000/curves_top2.png)" in per_model
+    assert "![learning rate](figures/resnet18-20260101-000000/curves_lr.png)" in per_model
+    assert "figure missing" not in per_model
 
 
-def test_conclusions_are_computed_from_the_numbers(runs_root: Path, tmp_path: Path) -> None:
+def test_conclusions_are_computed_per_dataset(runs_root: Path, tmp_path: Path) -> None:
     markdown = report_cli([runs_root], tmp_path / "results.md").read_text()
-    conclusions = markdown.split("## Conclusions", 1)[1].split("\n## ", 1)[0]
-    assert "Best model by validation macro-F1: **resnet18** with 0.700" in conclusions
-    assert "15.0 points above the runner-up scratch_cnn (0.550)" in conclusions
-    assert "Fastest at inference: **scratch_cnn** at 3.00 ms/image" in conclusions
-    assert "it gives up 15.0 points of macro-F1 (0.550 vs 0.700)" in conclusions
-    assert "Best calibrated (lowest validation ECE): **resnet18**, ECE 0.050" in conclusions
-    assert "true **fear** predicted as **sadness** in 6 of 16 fear validation images" in conclusions
-    assert "weakest class: **disgust**, F1 0.333" in conclusions
+    real = section(markdown, REAL).split("### Conclusions on dataset_emociones", 1)[1]
+    demo = section(markdown, DEMO).split("### Conclusions on synthetic demo data", 1)[1]
     assert (
-        "accuracy 0.667 raw (3 labelled) vs 1.000 cropped (3 labelled): the crop helped (+33.3 points)"
-        in conclusions
-    )
-    assert "the crop fixed 1 and broke 0" in conclusions
-    assert "no face found in 1 of 3 image(s)" in conclusions
+        "- Best model by validation macro-F1: **resnet18** with 0.700 (accuracy 0.750), 6.0 points above "
+        "the runner-up, mobilenet_v3_large (0.640). With 200 validation images, one image is worth "
+        "0.50 accuracy points."
+    ) in real
     assert (
-        "train accuracy 0.950 vs validation 0.750, train 20.0 points above validation"
-        in conclusions
-    )
-    assert "Caution: the runs used 2 different datasets" in conclusions
+        "- **mobilenet_v3_large** is the fastest at inference: 4.00 ms/image on CPU at batch 1, 3.0x faster "
+        "than the best model, resnet18 (12.00 ms/image); it gives up 6.0 points of macro-F1 (0.640 vs 0.700)."
+    ) in real
+    assert (
+        "- **mobilenet_v3_large** is the smallest: 5.50 M parameters, 2.0x fewer parameters than the best "
+        "model, resnet18 (11.00 M); it gives up 6.0 points of macro-F1 (0.640 vs 0.700)."
+    ) in real
+    assert (
+        "- **resnet18** is the best calibrated: lowest validation ECE, 0.050 (the worst is "
+        "mobilenet_v3_large at 0.120)."
+    ) in real
+    assert (
+        "The most frequent confusion is true **fear** predicted as **sadness**: 6 of 16 fear validation "
+        "images (37.5%)."
+    ) in real
+    assert "The weakest class is **disgust**: F1 0.333" in real
+    assert (
+        "Overfitting check: at the last epoch (2) train accuracy is 0.950 and validation accuracy 0.750, "
+        "so train is 20.0 points above validation"
+    ) in real
+    assert "The best epoch is the last one (2 of 2): val/macro_f1 was still improving" in real
+    # The synthetic run is alone on its dataset: nothing is compared with it.
+    assert "**scratch_cnn** with 0.550 (accuracy 0.600); it is the only run on this dataset" in demo
+    assert (
+        "On the new images the Haar face crop helped (+33.3 points): accuracy 0.667 raw (3 labelled) "
+        "vs 1.000 cropped (3 labelled)"
+    ) in demo
+    assert "the crop fixed 1 prediction(s), broke 0 and changed the winner of 0 more" in demo
+    assert "no face was found in 1 of 3 image(s) (the whole image was scored for those)" in demo
+    assert (
+        "- On the new images, **scratch_cnn** has a mean top-class probability of 0.700 over 3 image(s) "
+        "(raw, no crop), against an accuracy of 0.667 on 3 labelled image(s), so it is over-confident by "
+        "3.3 points."
+    ) in demo
+    assert "- **scratch_cnn** has a validation ECE of 0.200" in demo
+    # Nothing compares runs across datasets.
+    assert "scratch_cnn" not in real and "resnet18" not in demo
+    assert "Caution" not in markdown and "different datasets" not in markdown
+    assert "is also the one" not in markdown
 
 
 def test_every_link_resolves_relative_to_the_markdown(runs_root: Path, tmp_path: Path) -> None:
     out = report_cli([runs_root], tmp_path / "reports" / "results.md")
     markdown = out.read_text()
     links = re.findall(r"\]\(([^)]+)\)", markdown)
-    assert len(links) >= 2 * len(FIGURES) + 2  # per-run figures, chart, sheets, configs
+    assert len(links) >= 3 * len(FIGURES) + 2  # per-run figures, charts, sheets, configs
     for link in links:
         assert not link.startswith(("/", "http")), link
         assert (out.parent / unquote(link)).is_file(), link
@@ -249,8 +326,11 @@ def test_new_images_section_and_photo_opt_out(runs_root: Path, tmp_path: Path) -
 def test_evaluations_get_a_column_per_set(runs_root: Path, tmp_path: Path) -> None:
     markdown = report_cli([runs_root], tmp_path / "results.md").read_text()
     section = markdown.split("## Evaluations", 1)[1].split("\n## ", 1)[0]
-    assert "| model | run | x |" in section
-    assert "| resnet18 | `resnet18-20260101-000000` | 0.650 / 0.600 (n=40) |" in section
+    assert "| model | run | trained on | x |" in section
+    assert (
+        "| resnet18 | `resnet18-20260101-000000` | dataset_emociones (real images) | 0.650 / 0.600 (n=40) |"
+        in section
+    )
     assert "scratch_cnn" not in section  # no evaluation: no row
 
 
@@ -258,6 +338,7 @@ def test_unfinished_runs_are_listed_as_skipped(runs_root: Path, tmp_path: Path) 
     run_set = collect_runs([runs_root])
     assert [r.run_id for r in run_set.runs] == [
         "resnet18-20260101-000000",
+        "mobilenet_v3_large-20260101-000000",
         "scratch_cnn-20260101-000000",
     ]
     markdown = build_report(run_set, tmp_path / "results.md")
@@ -311,6 +392,152 @@ def test_wandb_runs_fill_the_comparison_table(monkeypatch, tmp_path: Path) -> No
     assert lines.index(table_rows(markdown, "resnet18")[0]) < lines.index(
         table_rows(markdown, "scratch_cnn")[0]
     )
-    assert "20.0 points above the runner-up scratch_cnn (0.400)" in markdown
-    assert SYNTHETIC_LABEL in markdown
+    # Both W&B runs trained on demo data: one dataset, compared within it.
+    demo = section(markdown, "## Dataset: synthetic demo data (SYNTHETIC demo data)")
+    assert "20.0 points above the runner-up, scratch_cnn (0.400)" in demo
+    assert len(table_rows(demo, "resnet18")) == len(table_rows(demo, "scratch_cnn")) == 1
+    assert markdown.count("## Dataset: ") == 1
+    assert SYNTHETIC_LABEL in demo
     assert "https://wandb.ai/me/fer-research/runs/b" in markdown
+
+
+def make_sweep(root: Path, sweep_id: str, trials: list[tuple[float, str, float | None]]) -> Path:
+    """A sweep folder as research.sweep writes it: sweep.yaml, trials.csv, best.json and a
+    run folder per trial under trials/ (on synthetic demo data). ``trials``: (lr, state, metric)."""
+    folder = root / sweep_id
+    folder.mkdir(parents=True)
+    config = {
+        "method": "grid", "metric": {"name": "val/macro_f1", "goal": "maximize"},
+        "parameters": {"train.lr": {"values": [lr for lr, _, _ in trials]}, "model.name": {"value": "scratch_cnn"}},
+    }  # fmt: skip
+    (folder / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    rows = []
+    for index, (lr, state, metric) in enumerate(trials, start=1):
+        run_id = f"{sweep_id}-t{index:02d}"
+        make_run(
+            folder / "trials", run_id, model="scratch_cnn", f1=metric or 0.0, acc=metric or 0.0, ece=0.1,
+            synthetic=True, latency=2.0, params=1_000_000, status="finished" if metric is not None else "failed",
+        )  # fmt: skip
+        row: dict[str, Any] = {"trial": index, "run_id": run_id, "train.lr": lr, "model.name": "scratch_cnn", "state": state, "metric": metric}
+        row.update(
+            {"epochs": 2, "run_dir": str(folder / "trials" / run_id)} if metric is not None else {"error": "boom"}
+        )
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (folder / "trials.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    best = max((r for r in rows if r["metric"] is not None), key=lambda r: r["metric"])
+    write_json(folder / "best.json", {"metric": "val/macro_f1", "goal": "maximize", "best": best, "trials": len(rows)})
+    return folder
+
+
+@pytest.fixture
+def two_datasets_and_a_sweep(runs_root: Path) -> Path:
+    """runs_root (dataset_emociones x2, synthetic demo x1) plus fer2013 x2 and a sweep of 3 trials."""
+    make_run(
+        runs_root, "scratch_cnn_small-20260102-000000", model="scratch_cnn_small", f1=0.45, acc=0.5,
+        ece=0.1, synthetic=False, latency=1.0, params=1_170_000, dataset="fer2013",
+    )  # fmt: skip
+    make_run(
+        runs_root, "efficientnet_b0-20260102-000000", model="efficientnet_b0", f1=0.40, acc=0.45,
+        ece=0.2, synthetic=False, latency=9.0, params=4_000_000, dataset="fer2013",
+    )  # fmt: skip
+    # The trials score higher than every single run: mixed in, they would top the rankings.
+    make_sweep(
+        runs_root / "sweeps", "lr-sweep",
+        [(0.01, "finished", 0.81), (0.001, "finished", 0.93), (0.1, "failed", None), (0.003, "stopped (hyperband)", 0.6)],
+    )  # fmt: skip
+    return runs_root
+
+
+FER = "## Dataset: fer2013 (real images, 700 train / 200 validation)"
+
+
+def test_datasets_and_sweeps_are_reported_apart(two_datasets_and_a_sweep: Path, tmp_path: Path) -> None:
+    out = report_cli([two_datasets_and_a_sweep], tmp_path / "reports" / "results.md")
+    markdown = out.read_text()
+    assert markdown.count("## Dataset: ") == 3
+    tables = {heading: section(markdown, heading) for heading in (REAL, FER, DEMO)}
+    models = {
+        REAL: ["resnet18", "mobilenet_v3_large"], FER: ["scratch_cnn_small", "efficientnet_b0"], DEMO: ["scratch_cnn"],
+    }  # fmt: skip
+    for heading, body in tables.items():
+        rows = [line.split(" | ")[0][2:] for line in body.splitlines() if line.startswith("| ") and "`" in line]
+        assert rows == models[heading], heading  # this dataset's runs only, best macro-F1 first
+        assert "lr-sweep" not in body and "Caution" not in body and "different datasets" not in body
+    fer = tables[FER].split("### Conclusions on fer2013", 1)[1]
+    assert "**scratch_cnn_small** with 0.450 (accuracy 0.500), 5.0 points above the runner-up, efficientnet_b0 (0.400)." in fer
+    assert "- **scratch_cnn_small**, the best model, is also the fastest at inference (1.00 ms/image on CPU at batch 1)." in fer
+    assert "- **scratch_cnn_small**, the best model, is also the smallest (1.17 M parameters)." in fer
+    assert "resnet18" not in fer and "scratch_cnn " not in fer
+
+    sweeps = section(markdown, "## Sweeps")
+    assert "### Sweep `lr-sweep`" in sweeps
+    assert "- Metric: `val/macro_f1` (maximize)" in sweeps
+    assert "- Trials: 4 (1 failed, 2 finished, 1 stopped (hyperband))" in sweeps
+    assert "- Dataset: synthetic demo data (SYNTHETIC demo data)" in sweeps
+    assert "- Best trial: 2 (run `lr-sweep-t02`), val/macro_f1 0.930, with train.lr=0.001, model.name=scratch_cnn" in sweeps
+    assert SYNTHETIC_LABEL in sweeps
+    assert "| trial | run | train.lr | model.name | val/macro_f1 | state | epochs |" in sweeps
+    trial_rows = [line for line in sweeps.splitlines() if re.match(r"\| \d+ \|", line)]
+    assert trial_rows == [
+        "| 2 | `lr-sweep-t02` | 0.001 | scratch_cnn | 0.930 | finished | 2 |",
+        "| 1 | `lr-sweep-t01` | 0.01 | scratch_cnn | 0.810 | finished | 2 |",
+        "| 4 | `lr-sweep-t04` | 0.003 | scratch_cnn | 0.600 | stopped (hyperband) | 2 |",
+        "| 3 | `lr-sweep-t03` | 0.1 | scratch_cnn | n/a | failed | n/a |",
+    ]
+    # Trials appear nowhere but in their sweep: not ranked, not skipped, no per-model section.
+    outside = markdown.replace(sweeps, "")
+    assert "lr-sweep-t" not in outside
+    assert "- Sweeps (summarised per sweep, not ranked with the single runs): `lr-sweep` (4 trial(s))" in markdown
+    assert "- Single runs: 5, on 3 datasets, compared only within each dataset" in markdown
+
+    links = re.findall(r"\]\(([^)]+)\)", markdown)
+    assert "figures/sweeps/lr-sweep/sweep.yaml" in links
+    for link in links:
+        assert (out.parent / unquote(link)).is_file(), link
+    charts = [link for link in png_links(markdown) if link.startswith("figures/comparison_")]
+    assert len(charts) == len(set(charts)) == 3
+    for chart in charts:
+        assert_chart(out.parent / chart)
+
+    when = datetime(2026, 1, 1, 12, 0)
+    again = [build_report(collect_runs([two_datasets_and_a_sweep]), out, generated=when) for _ in range(2)]
+    assert again[0] == again[1]
+
+
+def test_a_sweep_folder_given_directly(two_datasets_and_a_sweep: Path, tmp_path: Path) -> None:
+    folder = two_datasets_and_a_sweep / "sweeps" / "lr-sweep"
+    markdown = report_cli([folder], tmp_path / "results.md").read_text()
+    assert "## Dataset: " not in markdown and "## Per model" not in markdown
+    assert "- Single runs: none" in markdown
+    assert "- Best trial: 2 (run `lr-sweep-t02`)" in section(markdown, "## Sweeps")
+    assert "Skipped runs" not in markdown  # the failed trial is the sweep's, shown in its table
+
+
+def test_compare_across_datasets_keeps_one_ranking(runs_root: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "reports" / "results.md"
+    with pytest.raises(SystemExit) as e:
+        report_main(["--runs", str(runs_root), "--out", str(out), "--compare-across-datasets"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == str(out)
+    markdown = out.read_text()
+    assert "## Dataset: " not in markdown
+    table = section(markdown, "## Comparison")
+    rows = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    assert rows == ["resnet18", "mobilenet_v3_large", "scratch_cnn"]
+    assert "synthetic demo data (SYNTHETIC)" in table_rows(table, "scratch_cnn")[0]
+    assert "ranked together across 2 datasets (asked for with --compare-across-datasets)" in markdown
+    assert_chart(out.parent / "figures" / "model_comparison.png")
+    conclusions = section(markdown, "## Conclusions")
+    first_bullet = next(line for line in conclusions.splitlines() if line.startswith("- "))
+    assert first_bullet == (
+        "- Caution: the runs used 2 different datasets (dataset_emociones, synthetic demo data); "
+        "validation scores are only comparable between runs on the same data."
+    )
+    assert "**scratch_cnn** is the fastest at inference: 3.00 ms/image" in conclusions
+
+    with pytest.raises(SystemExit):
+        report_main(["--runs", str(runs_root), "--out", str(out)])
+    assert "## Comparison\n" not in out.read_text() and REAL in out.read_text()

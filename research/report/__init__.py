@@ -5,6 +5,9 @@ run folders or the W&B API, both through the typed run summary), computes the co
 (:mod:`.conclusions`) and renders the markdown with its figures (:mod:`.render`) under
 ``<out parent>/figures/``; every link is relative, so the report renders on GitHub. The same
 inputs give the same report, except for the line with the generation time.
+
+Runs are compared only with runs on the same dataset (one section per dataset); sweeps are
+summarised per sweep. ``compare_across_datasets=True`` ranks all single runs together.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from research.report.collect import (
     NoRunsError,
     RunRecord,
     RunSet,
+    SweepRecord,
     WandbReportError,
     collect_runs,
     collect_wandb_runs,
@@ -28,7 +32,7 @@ from research.report.conclusions import conclusions
 from research.report.render import DEFAULT_TITLE, SYNTHETIC_LABEL, build_report, write_report
 
 __all__ = [
-    "DEFAULT_TITLE", "SYNTHETIC_LABEL", "NoRunsError", "RunRecord", "RunSet", "WandbReportError", "build_report",
+    "DEFAULT_TITLE", "SYNTHETIC_LABEL", "NoRunsError", "RunRecord", "RunSet", "SweepRecord", "WandbReportError", "build_report",
     "collect_runs", "collect_wandb_runs", "conclusions", "load_run_record", "report_cli", "wandb_log", "write_report",
 ]
 
@@ -42,17 +46,20 @@ def report_cli(
     wandb_path: str | None = None,
     title: str = DEFAULT_TITLE,
     include_new_image_figures: bool = True,
+    compare_across_datasets: bool = False,
 ) -> Path:
     """``poetry run report``: collect runs (folders, or W&B with ``wandb_path``), write the markdown."""
     run_set = collect_wandb_runs(wandb_path) if wandb_path else collect_runs(run_paths)
     out = Path(out)
     markdown = build_report(
-        run_set, out, title=title, include_new_image_figures=include_new_image_figures
+        run_set, out, title=title, include_new_image_figures=include_new_image_figures,
+        compare_across_datasets=compare_across_datasets,
     )
     write_report(markdown, out)
     log.info(
-        "report on %d run(s) written to %s (figures in %s)%s",
+        "report on %d run(s) and %d sweep(s) written to %s (figures in %s)%s",
         len(run_set.runs),
+        len(run_set.sweeps),
         out,
         out.parent / "figures",
         f"; skipped {skipped_text(run_set.skipped)}" if run_set.skipped else "",

@@ -2,11 +2,14 @@
 
 Both sources are read through the typed run summary (:class:`RunSummary`); a
 :class:`RunRecord` is that summary plus what the report adds (history, confusion matrix,
-per-class metrics, new-image predictions, evaluations, display label).
+per-class metrics, new-image predictions, evaluations, display label). Sweep folders
+(``runs/sweeps/<sweep-id>/`` with ``trials.csv``, ``best.json``, ``sweep.yaml``) become a
+:class:`SweepRecord`; their trial runs belong to the sweep, not to the single runs.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 from collections import Counter
@@ -14,6 +17,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from research.predict import MODES as PREDICTION_MODES
 from research.predict import compare_modes
@@ -27,6 +32,10 @@ TRAIN_HINT = "train one with `poetry run train --config scratch_cnn data.root=de
 MODES = PREDICTION_MODES["both"]
 # How deep below a --runs folder run folders are looked for (runs/sweeps/<id>/trials/<run>).
 MAX_DEPTH = 4
+# Files research.sweep writes in a sweep folder; any one of them marks the folder as a sweep.
+SWEEP_FILES = ("trials.csv", "best.json", "sweep.yaml")
+# Columns of trials.csv that are not swept parameters.
+TRIAL_COLUMNS = ("trial", "run_id", "state", "metric", "epochs", "run_dir", "error")
 
 
 class NoRunsError(RunFolderError):
@@ -66,10 +75,40 @@ class RunRecord(RunSummary):
 
 
 @dataclass
+class SweepRecord:
+    """A sweep folder: its ``best.json`` and ``trials.csv`` plus the trial run folders found in ``trials/``."""
+
+    sweep_id: str
+    path: Path
+    metric: str = "?"
+    goal: str = "maximize"
+    best: dict[str, Any] | None = None  # the best trial's row (best.json, else picked from trials.csv)
+    params: list[str] = field(default_factory=list)  # swept parameters, in trials.csv's column order
+    trials: list[dict[str, str]] = field(default_factory=list)  # rows of trials.csv
+    runs: list[RunRecord] = field(default_factory=list)  # trial run folders, finished or not
+
+    def trial_metric(self, trial: dict[str, Any]) -> float | None:
+        value = trial.get("metric")
+        return None if value in (None, "") else float(value)
+
+    def ranked_trials(self) -> list[dict[str, str]]:
+        """Trials with a metric first, best first for the sweep's goal; then the others by trial number."""
+        sign = -1.0 if self.goal == "maximize" else 1.0
+
+        def order(trial: dict[str, str]) -> tuple[int, float, int]:
+            value = self.trial_metric(trial)
+            number = int(trial["trial"]) if str(trial.get("trial", "")).isdigit() else 0
+            return (1, 0.0, number) if value is None else (0, sign * value, number)
+
+        return sorted(self.trials, key=order)
+
+
+@dataclass
 class RunSet:
-    runs: list[RunRecord]
+    runs: list[RunRecord]  # finished single runs (no sweep trials)
     skipped: list[RunRecord]
     source: str  # where the runs came from, for the header
+    sweeps: list[SweepRecord] = field(default_factory=list)
 
 
 # --- collecting ---------------------------------------------------------------------------
@@ -98,6 +137,69 @@ def _walk(folder: Path, depth: int) -> list[Path]:
         if child.is_dir() and not child.name.startswith(".") and child.name != "wandb":
             out.extend(_walk(child, depth + 1))
     return out
+
+
+def is_sweep_folder(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in SWEEP_FILES)
+
+
+def find_sweep_folders(roots: Iterable[str | Path]) -> list[Path]:
+    """Sweep folders equal to or below each root (a --runs path may be ``runs/`` or one sweep folder)."""
+    found: dict[Path, None] = {}
+
+    def walk(folder: Path, depth: int) -> None:
+        if is_sweep_folder(folder):
+            found.setdefault(folder.resolve(), None)
+            return
+        if depth >= MAX_DEPTH or (folder / "summary.json").exists() or (folder / "config.yaml").exists():
+            return
+        for child in sorted(folder.iterdir()):
+            if child.is_dir() and not child.name.startswith(".") and child.name != "wandb":
+                walk(child, depth + 1)
+
+    for root in roots:
+        root = Path(root)
+        if root.is_dir():
+            walk(root, 0)
+    return list(found)
+
+
+def sweep_of(run_folder: Path) -> Path | None:
+    """The sweep folder a run folder belongs to (``<sweep>/trials/<run>``), or ``None`` for a single run."""
+    trials = run_folder.parent
+    if trials.name == "trials" and is_sweep_folder(trials.parent):
+        return trials.parent.resolve()
+    return None
+
+
+def load_sweep(folder: Path, runs: Sequence[RunRecord] = ()) -> SweepRecord:
+    """A sweep folder as research.sweep writes it; missing files leave their fields empty."""
+    sweep = SweepRecord(sweep_id=folder.name, path=folder, runs=sorted(runs, key=lambda r: r.run_id))
+    config = _read_optional_yaml(folder / "sweep.yaml")
+    metric = (config.get("metric") or {}) if isinstance(config, dict) else {}
+    best = _read_optional_json(folder / "best.json") or {}
+    sweep.metric = str(best.get("metric") or metric.get("name") or "?")
+    sweep.goal = str(best.get("goal") or metric.get("goal") or "maximize")
+    if (folder / "trials.csv").is_file():
+        with (folder / "trials.csv").open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            sweep.trials = list(reader)
+            sweep.params = [c for c in reader.fieldnames or [] if c not in TRIAL_COLUMNS]
+    sweep.best = best.get("best")
+    if sweep.best is None:
+        scored = [t for t in sweep.ranked_trials() if sweep.trial_metric(t) is not None]
+        sweep.best = scored[0] if scored else None
+    return sweep
+
+
+def _read_optional_yaml(path: Path) -> Any:
+    if not path.exists():
+        return None
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        log.warning("%s is not valid YAML (%s); left out of the report", path, err)
+        return None
 
 
 def _read_optional_json(path: Path) -> Any:
@@ -140,21 +242,35 @@ def load_run_record(folder: Path) -> RunRecord:
 
 
 def collect_runs(run_paths: Sequence[str | Path]) -> RunSet:
-    """Finished runs (best validation macro-F1 first) and the skipped ones, from run folders.
+    """Finished single runs (best validation macro-F1 first), the skipped ones and the sweeps.
+
+    A run folder inside a sweep's ``trials/`` folder is a trial of that sweep: it goes to the
+    sweep (:class:`SweepRecord`), finished or not, never to the single runs.
 
     Raises:
-        NoRunsError: no finished run below ``run_paths``.
+        NoRunsError: no finished single run and no sweep with trials below ``run_paths``.
     """
-    records = [load_run_record(folder) for folder in find_run_folders(run_paths)]
+    sweep_folders = dict.fromkeys(find_sweep_folders(run_paths))
+    records: list[RunRecord] = []
+    trials: dict[Path, list[RunRecord]] = {}
+    for folder in find_run_folders(run_paths):
+        record = load_run_record(folder)
+        sweep = sweep_of(folder)
+        if sweep is None:
+            records.append(record)
+        else:
+            sweep_folders.setdefault(sweep, None)
+            trials.setdefault(sweep, []).append(record)
+    sweeps = [load_sweep(f, trials.get(f, [])) for f in sorted(sweep_folders, key=lambda p: (p.name, str(p)))]
     runs = [r for r in records if r.finished]
     skipped = [r for r in records if not r.finished]
     for record in skipped:
         log.warning("skipping run %s: status %s", record.run_id, record.status)
     where = ", ".join(str(p) for p in run_paths) or "(no path given)"
-    if not runs:
+    if not runs and not any(s.trials or s.runs for s in sweeps):
         extra = f" (skipped: {skipped_text(skipped)})" if skipped else ""
         raise NoRunsError(f"no finished runs under {where}{extra}; {TRAIN_HINT}")
-    return RunSet(finish_records(runs), skipped, f"local run folders: {where}")
+    return RunSet(finish_records(runs), skipped, f"local run folders: {where}", sweeps)
 
 
 def finish_records(runs: list[RunRecord]) -> list[RunRecord]:
@@ -170,6 +286,15 @@ def finish_records(runs: list[RunRecord]) -> list[RunRecord]:
     return runs
 
 
+def dataset_groups(runs: Sequence[RunRecord]) -> list[list[RunRecord]]:
+    """``runs`` split by dataset (name and synthetic flag), real datasets first, then by name;
+    each group keeps the order of ``runs``."""
+    groups: dict[tuple[bool, str], list[RunRecord]] = {}
+    for record in runs:
+        groups.setdefault((record.synthetic, record.dataset.name), []).append(record)
+    return [groups[key] for key in sorted(groups)]
+
+
 def wandb_record(raw: dict[str, Any]) -> RunRecord:
     """A :class:`RunRecord` from one entry of :func:`wandb_log.fetch_project_runs`."""
     summary = RunSummary.from_wandb(
@@ -183,6 +308,10 @@ def wandb_record(raw: dict[str, Any]) -> RunRecord:
 
 def collect_wandb_runs(path: str) -> RunSet:
     """Finished training runs of W&B project ``ENTITY/PROJECT`` (online only).
+
+    Sweep trials are not told apart here: a W&B run only carries its ``wandb.group`` (the
+    sweep id for local sweeps, but any name a user chose otherwise), so every finished run is
+    a single run and the report compares them per dataset like run folders.
 
     Raises:
         WandbReportError: the project could not be read (no network, not logged in, wrong path).

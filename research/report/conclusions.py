@@ -14,7 +14,11 @@ def _points(a: float, b: float) -> str:
 
 
 def conclusions(runs: Sequence[RunRecord]) -> list[str]:
-    """Markdown bullets computed from the numbers; each quotes the numbers it rests on."""
+    """Markdown bullets computed from the numbers; each quotes the numbers it rests on.
+
+    The report calls this once per dataset; runs from several datasets only meet here when
+    the user asks for a combined ranking, and then the first bullet is a caution.
+    """
     lines: list[str] = []
     datasets = sorted({r.dataset.name for r in runs})
     if len(datasets) > 1:
@@ -57,7 +61,7 @@ def _best_model(runs: Sequence[RunRecord]) -> list[str]:
     if best.score("acc") is not None:
         text += f" (accuracy {best.score('acc'):.3f})"
     if len(scored) == 1:
-        text += "; it is the only run, so there is nothing to compare it with."
+        text += "; it is the only run on this dataset, so there is nothing to compare it with."
     else:
         second = scored[1]
         f1_second = float(second.score("macro_f1"))
@@ -65,10 +69,13 @@ def _best_model(runs: Sequence[RunRecord]) -> list[str]:
             text += f", tied with {second.label} ({f1_second:.3f})."
         else:
             text += (
-                f", {_points(f1, f1_second)} above the runner-up {second.label} ({f1_second:.3f})."
+                f", {_points(f1, f1_second)} above the runner-up, {second.label} ({f1_second:.3f})."
             )
     if best.dataset.val_images:
-        text += f" One validation image is {100 / best.dataset.val_images:.2f} accuracy points ({best.dataset.val_images} images)."
+        text += (
+            f" With {best.dataset.val_images} validation images, one image is worth "
+            f"{100 / best.dataset.val_images:.2f} accuracy points."
+        )
     return [text]
 
 
@@ -78,9 +85,9 @@ def _cost_of_speed(runs: Sequence[RunRecord]) -> list[str]:
         return []
     best = scored[0]
     lines = []
-    for attr, what, unit, fewer in (
-        ("latency_ms_per_image", "Fastest at inference", "ms/image (CPU, batch 1)", "faster than"),
-        ("params_total", "Smallest", "M parameters", "fewer than"),
+    for attr, what, unit, short_unit, fewer in (
+        ("latency_ms_per_image", "the fastest at inference", "ms/image on CPU at batch 1", "ms/image", "faster than"),
+        ("params_total", "the smallest", "M parameters", "M", "fewer parameters than"),
     ):
         have = [r for r in scored if getattr(r, attr) is not None]
         if len(have) < 2 or getattr(best, attr) is None:
@@ -89,20 +96,19 @@ def _cost_of_speed(runs: Sequence[RunRecord]) -> list[str]:
         scale = 1e6 if attr == "params_total" else 1.0
         value, best_value = getattr(pick, attr) / scale, getattr(best, attr) / scale
         if pick is best:
-            lines.append(
-                f"- {what}: the best model {best.label} is also the one ({value:.2f} {unit})."
-            )
+            lines.append(f"- **{best.label}**, the best model, is also {what} ({value:.2f} {unit}).")
             continue
         f1_pick, f1_best = float(pick.score("macro_f1")), float(best.score("macro_f1"))
-        cost = (
-            f"it gives up {_points(f1_best, f1_pick)} of macro-F1"
-            if f1_pick <= f1_best
-            else f"it gains {_points(f1_pick, f1_best)} of macro-F1"
-        )
-        ratio = f"{best_value / value:.1f}x" if value > 0 else "n/a"
+        if f1_pick == f1_best:
+            cost = f"at the same macro-F1 ({f1_pick:.3f})"
+        elif f1_pick < f1_best:
+            cost = f"it gives up {_points(f1_best, f1_pick)} of macro-F1 ({f1_pick:.3f} vs {f1_best:.3f})"
+        else:
+            cost = f"it gains {_points(f1_pick, f1_best)} of macro-F1 ({f1_pick:.3f} vs {f1_best:.3f})"
+        ratio = f"{best_value / value:.1f}x {fewer}" if value > 0 else f"{fewer}"
         lines.append(
-            f"- {what}: **{pick.label}** at {value:.2f} {unit}, {ratio} {fewer} the best model "
-            f"{best.label} ({best_value:.2f}); {cost} ({f1_pick:.3f} vs {f1_best:.3f})."
+            f"- **{pick.label}** is {what}: {value:.2f} {unit}, {ratio} the best model, "
+            f"{best.label} ({best_value:.2f} {short_unit}); {cost}."
         )
     return lines
 
@@ -112,11 +118,14 @@ def _calibration(runs: Sequence[RunRecord]) -> list[str]:
     have = sorted(_scored(runs, "ece"), key=lambda r: (float(r.score("ece")), r.run_id))
     if have:
         best = have[0]
-        text = f"- Best calibrated (lowest validation ECE): **{best.label}**, ECE {best.score('ece'):.3f}"
-        if len(have) > 1:
+        if len(have) == 1:
+            lines.append(f"- **{best.label}** has a validation ECE of {best.score('ece'):.3f} (0 is perfect calibration).")
+        else:
             worst = have[-1]
-            text += f" (worst: {worst.label}, {worst.score('ece'):.3f})"
-        lines.append(text + ".")
+            lines.append(
+                f"- **{best.label}** is the best calibrated: lowest validation ECE, {best.score('ece'):.3f} "
+                f"(the worst is {worst.label} at {worst.score('ece'):.3f})."
+            )
     confident = []
     for record in runs:
         stats = ((record.comparison or {}).get("modes") or {}).get("raw")
@@ -125,16 +134,19 @@ def _calibration(runs: Sequence[RunRecord]) -> list[str]:
     if confident:
         confidence, record, stats = max(confident, key=lambda t: (t[0], t[1].run_id))
         text = (
-            f"- Most confident on the new images: **{record.label}**, mean top-class probability "
-            f"{confidence:.3f} over {stats['images']} image(s) (raw, no crop)"
+            f"- **{record.label}** is the most confident on the new images: mean top-class probability "
+            if len(confident) > 1
+            else f"- On the new images, **{record.label}** has a mean top-class probability of "
         )
+        text += f"{confidence:.3f} over {stats['images']} image(s) (raw, no crop)"
         if stats.get("accuracy") is not None:
             acc = float(stats["accuracy"])
-            relation = "above" if confidence > acc else "below"
-            text += (
-                f"; its accuracy there is {acc:.3f} on {stats['labelled']} labelled image(s), so "
-                f"confidence is {_points(confidence, acc)} {relation} accuracy"
-            )
+            text += f", against an accuracy of {acc:.3f} on {stats['labelled']} labelled image(s)"
+            if confidence == acc:
+                text += ", so its confidence matches its accuracy"
+            else:
+                kind = "over" if confidence > acc else "under"
+                text += f", so it is {kind}-confident by {_points(confidence, acc)}"
         lines.append(text + ".")
     return lines
 
@@ -150,11 +162,11 @@ def _confused_pair(record: RunRecord) -> str | None:
         if i != j and counts[i][j] > 0
     ]
     if not pairs:
-        return "no validation image was confused with another class."
+        return "No validation image was confused with another class."
     count, i, j = max(pairs, key=lambda p: (p[0], -p[1], -p[2]))
     support = sum(counts[i])
     return (
-        f"most confused pair: true **{names[i]}** predicted as **{names[j]}** in {count} of "
+        f"The most frequent confusion is true **{names[i]}** predicted as **{names[j]}**: {count} of "
         f"{support} {names[i]} validation images ({100 * count / support:.1f}%)."
     )
 
@@ -165,7 +177,7 @@ def _weakest_class(record: RunRecord) -> str | None:
         return None
     name, m = min(classes.items(), key=lambda kv: (kv[1]["f1"], kv[0]))
     return (
-        f"weakest class: **{name}**, F1 {m['f1']:.3f} (precision {m['precision']:.3f}, "
+        f"The weakest class is **{name}**: F1 {m['f1']:.3f} (precision {m['precision']:.3f}, "
         f"recall {m['recall']:.3f}, {int(m['support'])} validation images)."
     )
 
@@ -175,26 +187,23 @@ def _crop_effect(record: RunRecord) -> str | None:
     raw, haar = modes.get("raw"), modes.get("haar")
     if not raw or not haar:
         return None
-    text = "Haar crop on the new images: "
     if raw.get("accuracy") is not None and haar.get("accuracy") is not None:
         diff = float(haar["accuracy"]) - float(raw["accuracy"])
-        verdict = (
-            "helped" if diff > 0 else ("hurt" if diff < 0 else "made no difference to accuracy")
-        )
-        text += (
-            f"accuracy {raw['accuracy']:.3f} raw ({raw['labelled']} labelled) vs {haar['accuracy']:.3f} "
-            f"cropped ({haar['labelled']} labelled): the crop {verdict}"
-        )
+        verdict = "helped" if diff > 0 else ("hurt" if diff < 0 else "made no difference")
+        text = f"On the new images the Haar face crop {verdict}"
         text += f" ({'+' if diff > 0 else '-'}{_points(diff, 0)})" if diff else ""
+        text += (
+            f": accuracy {raw['accuracy']:.3f} raw ({raw['labelled']} labelled) vs {haar['accuracy']:.3f} "
+            f"cropped ({haar['labelled']} labelled)"
+        )
     else:
-        text += "the images carry no labels, so accuracy is unknown"
+        text = "The new images carry no labels, so the Haar face crop's effect on accuracy is unknown"
     effects = Counter(c.get("effect") for c in (record.comparison or {}).get("changes", []))
     text += (
-        f"; the crop fixed {effects['fixed by crop']} and broke {effects['broken by crop']} "
-        f"prediction(s) and changed the winner of "
-        f"{effects['changed (both wrong)'] + effects['changed']} more"
+        f"; the crop fixed {effects['fixed by crop']} prediction(s), broke {effects['broken by crop']} "
+        f"and changed the winner of {effects['changed (both wrong)'] + effects['changed']} more"
     )
-    text += f"; no face found in {haar.get('no_face', 0)} of {haar['images']} image(s)"
+    text += f"; no face was found in {haar.get('no_face', 0)} of {haar['images']} image(s)"
     if any(p.get("fallback") for p in record.predictions.get("haar", [])):
         text += " (the whole image was scored for those)"
     raw_scores = {p["image"]: p["scores"] for p in record.predictions.get("raw", [])}
@@ -221,14 +230,14 @@ def _overfitting(record: RunRecord) -> str | None:
     last = rows[-1]
     train, val = float(last["train/acc"]), float(last["val/acc"])
     if train > val:
-        relation = f"train {_points(train, val)} above validation"
+        relation = f"so train is {_points(train, val)} above validation"
     elif train < val:
-        relation = f"validation {_points(train, val)} above train"
+        relation = f"so validation is {_points(train, val)} above train"
     else:
-        relation = "no gap"
+        relation = "with no gap"
     return (
-        f"overfitting check at the last epoch ({int(last['epoch'])}): train accuracy {train:.3f} vs "
-        f"validation {val:.3f}, {relation} (train accuracy is measured on augmented batches)."
+        f"Overfitting check: at the last epoch ({int(last['epoch'])}) train accuracy is {train:.3f} and "
+        f"validation accuracy {val:.3f}, {relation} (train accuracy is measured on augmented batches)."
     )
 
 
@@ -237,10 +246,10 @@ def _best_epoch_note(record: RunRecord) -> str | None:
         return None
     if record.best_epoch == record.epochs_run:
         return (
-            f"best epoch {record.best_epoch} of {record.epochs_run} is the last one: {record.monitor} "
-            "was still improving when training stopped."
+            f"The best epoch is the last one ({record.best_epoch} of {record.epochs_run}): {record.monitor} "
+            "was still improving when training stopped, so more epochs may help."
         )
     return (
-        f"best epoch {record.best_epoch} of {record.epochs_run}: {record.monitor} did not improve "
+        f"The best epoch is {record.best_epoch} of {record.epochs_run}: {record.monitor} did not improve "
         f"in the last {record.epochs_run - record.best_epoch} epoch(s)."
     )

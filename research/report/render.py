@@ -1,9 +1,15 @@
-"""Markdown rendering of the report: sections, tables and the figures they link (copied, relative links)."""
+"""Markdown rendering of the report: sections, tables and the figures they link (copied, relative links).
+
+Single runs are compared per dataset (one section with its table, chart and conclusions per
+dataset); sweeps get their own section, one subsection per sweep. Only
+``compare_across_datasets=True`` ranks runs of different datasets together.
+"""
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +23,8 @@ from research.report.collect import (
     NoRunsError,
     RunRecord,
     RunSet,
+    SweepRecord,
+    dataset_groups,
     finish_records,
     skipped_text,
 )
@@ -70,6 +78,19 @@ def _synthetic_note(runs: Sequence[RunRecord]) -> list[str]:
     return [f"> **{SYNTHETIC_LABEL}.** Runs on synthetic data: {names}.", ""]
 
 
+def _dataset_kind(record: RunRecord) -> str:
+    return "SYNTHETIC demo data" if record.synthetic else "real images"
+
+
+def _dataset_text(record: RunRecord) -> str:
+    """``NAME (SYNTHETIC demo data)`` or ``NAME (real images)``: which data a run was trained on."""
+    return f"{record.dataset.name} ({_dataset_kind(record)})"
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "dataset"
+
+
 def _params(record: RunRecord) -> str:
     if record.params_total is None:
         return "n/a"
@@ -86,57 +107,113 @@ class _Figures:
         self.root = report_dir / "figures"
         self.cleared: set[str] = set()
 
-    def copy(self, record: RunRecord, source: Path, name: str) -> str | None:
+    def copy(self, key: str, source: Path, name: str) -> str | None:
+        """Copy ``source`` to ``figures/<key>/<name>``; the link, or ``None`` when there is no such file."""
         if not source.is_file():
             return None
-        folder = self.root / record.key
-        if record.key not in self.cleared:
+        folder = self.root / key
+        if key not in self.cleared:
             # Start clean: files of an earlier report (e.g. photo sheets) must not linger.
             shutil.rmtree(folder, ignore_errors=True)
             folder.mkdir(parents=True)
-            self.cleared.add(record.key)
+            self.cleared.add(key)
         shutil.copyfile(source, folder / name)
         return _link(folder / name, self.report_dir)
 
 
-def _header(title: str, run_set: RunSet, generated: datetime) -> list[str]:
+def _header(title: str, run_set: RunSet, generated: datetime, compare_across_datasets: bool) -> list[str]:
     runs = run_set.runs
     lines = [f"# {title}", "", f"Generated {generated:%Y-%m-%d %H:%M} from {run_set.source}.", ""]
     lines += _synthetic_note(runs)
-    datasets: dict[str, RunRecord] = {}
-    for record in runs:
-        datasets.setdefault(record.dataset.name, record)
-    described = []
-    for name, record in sorted(datasets.items()):
-        sizes = (
-            f", {record.dataset.train_images} train / {record.dataset.val_images} validation images"
-            if record.dataset.train_images is not None
-            else ""
-        )
-        described.append(f"{name} ({'SYNTHETIC' if record.synthetic else 'real images'}{sizes})")
-    lines += [
-        f"- Runs compared: {len(runs)}",
-        f"- Datasets: {'; '.join(described)}",
-    ]
+    groups = dataset_groups(runs)
+    if compare_across_datasets and len(groups) > 1:
+        how = f"ranked together across {len(groups)} datasets (asked for with --compare-across-datasets)"
+    elif len(groups) > 1:
+        how = f"on {len(groups)} datasets, compared only within each dataset"
+    else:
+        how = "on 1 dataset"
+    lines.append(f"- Single runs: {len(runs)}, {how}" if runs else "- Single runs: none")
+    if groups:
+        lines.append(f"- Datasets: {'; '.join(_dataset_heading(group) for group in groups)}")
+    if run_set.sweeps:
+        sweeps = ", ".join(f"`{s.sweep_id}` ({len(s.trials)} trial(s))" for s in run_set.sweeps)
+        lines.append(f"- Sweeps (summarised per sweep, not ranked with the single runs): {sweeps}")
     if run_set.skipped:
         lines.append(f"- Skipped runs (not finished): {skipped_text(run_set.skipped)}")
-    lines += ["- Pretrained weights per run:"]
-    lines += [f"  - `{r.run_id}` ({r.model}): {r.pretrained}" for r in runs]
+    if runs:
+        lines += ["- Pretrained weights per run:"]
+        lines += [f"  - `{r.run_id}` ({r.model}): {r.pretrained}" for r in runs]
     return lines + [""]
 
 
-def _comparison(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
-    lines = [
-        "## Comparison",
-        "",
-        "Validation metrics of the selected (best) checkpoint, best macro-F1 first.",
-        "",
-    ]
+def _sizes(group: Sequence[RunRecord]) -> list[tuple[int | None, int | None]]:
+    return sorted(
+        {(r.dataset.train_images, r.dataset.val_images) for r in group if r.dataset.train_images is not None},
+        key=lambda size: (size[0] or 0, size[1] or 0),
+    )
+
+
+def _dataset_heading(group: Sequence[RunRecord]) -> str:
+    """``NAME (real images, 700 train / 200 validation)`` for the runs of one dataset."""
+    first = group[0]
+    sizes = _sizes(group)
+    text = f"{first.dataset.name} ({_dataset_kind(first)}"
+    if len(sizes) == 1:
+        text += f", {sizes[0][0]} train / {_or_na(sizes[0][1])} validation"
+    elif sizes:
+        text += ", train / validation sizes differ: " + ", ".join(f"{t} / {_or_na(v)}" for t, v in sizes)
+    return text + ")"
+
+
+def _dataset_section(group: Sequence[RunRecord], figures: _Figures, chart_name: str) -> list[str]:
+    """One dataset's comparison table, chart and conclusions (its runs only)."""
+    name = group[0].dataset.name
+    lines = [f"## Dataset: {_dataset_heading(group)}", ""]
+    lines += _synthetic_note(group)
+    if len(_sizes(group)) > 1:
+        lines += [
+            f"> Caution: the runs on {name} do not all have the same train / validation sizes; their "
+            "validation scores are comparable only if they used the same validation images.",
+            "",
+        ]
+    title = f"{name}: validation metrics at the best epoch" + (
+        " (SYNTHETIC demo data)" if group[0].synthetic else ""
+    )
+    lines += [f"### Comparison on {name}", ""]
+    lines += _comparison_table(group, figures, chart_name, title, with_dataset=False)
+    lines += [f"### Conclusions on {name}", "", "Computed from the numbers above and the run folders.", ""]
+    lines += conclusions(group) + [""]
+    return lines
+
+
+def _comparison_across_datasets(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
+    """Every single run in one ranking, whatever its dataset (only on request)."""
+    lines = ["## Comparison", ""]
+    if len(dataset_groups(runs)) > 1:
+        lines += [
+            "Runs on different datasets are ranked together here because the report was asked to "
+            "(--compare-across-datasets); see the caution under Conclusions.",
+            "",
+        ]
     lines += _synthetic_note(runs)
+    kinds = {r.synthetic for r in runs}
+    title = "validation metrics at the best epoch" + (
+        " (mixed: real and SYNTHETIC demo data)"
+        if len(kinds) > 1
+        else " (SYNTHETIC demo data)" if kinds == {True} else ""
+    )
+    return lines + _comparison_table(runs, figures, "model_comparison.png", title, with_dataset=True)
+
+
+def _comparison_table(
+    runs: Sequence[RunRecord], figures: _Figures, chart_name: str, title: str, *, with_dataset: bool
+) -> list[str]:
+    """The table of ``runs`` (best macro-F1 first) and their chart ``figures/<chart_name>``."""
+    lines = ["Validation metrics of the selected (best) checkpoint, best macro-F1 first.", ""]
     header = [
         "model",
         "run",
-        "dataset",
+        *(["dataset"] if with_dataset else []),
         "pretrained",
         "mode",
         "best epoch / run",
@@ -156,7 +233,7 @@ def _comparison(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
         [
             r.model,
             f"`{r.run_id}`",
-            r.dataset.name + (" (SYNTHETIC)" if r.synthetic else ""),
+            *([r.dataset.name + (" (SYNTHETIC)" if r.synthetic else "")] if with_dataset else []),
             r.pretrained,
             r.mode,
             f"{r.best_epoch if r.best_epoch is not None else 'n/a'} / {r.epochs_run or 'n/a'}",
@@ -170,10 +247,7 @@ def _comparison(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
         for r in runs
     ]
     lines += _table(header, rows) + [""]
-    chart = figures.root / "model_comparison.png"
-    title = "validation metrics at the best epoch" + (
-        " (SYNTHETIC demo data)" if any(r.synthetic for r in runs) else ""
-    )
+    chart = figures.root / chart_name
     plots.plot_model_comparison(
         [{"model": r.label, **{m: r.score(m) for m in CHART_METRICS}} for r in runs],
         CHART_METRICS,
@@ -184,17 +258,87 @@ def _comparison(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
     return lines
 
 
+def _chart_names(groups: Sequence[Sequence[RunRecord]]) -> list[str]:
+    """One distinct chart file per dataset: ``comparison_<dataset>[_synthetic].png``."""
+    names: list[str] = []
+    for group in groups:
+        stem = f"comparison_{_slug(group[0].dataset.name)}" + ("_synthetic" if group[0].synthetic else "")
+        name, n = f"{stem}.png", 1
+        while name in names:
+            n += 1
+            name = f"{stem}-{n}.png"
+        names.append(name)
+    return names
+
+
+def _sweeps(sweeps: Sequence[SweepRecord], figures: _Figures) -> list[str]:
+    """One subsection per sweep: metric, trial states, best trial and the trials ranked by the metric."""
+    if not sweeps:
+        return []
+    lines = [
+        "## Sweeps",
+        "",
+        "Each sweep is summarised on its own; its trials are not ranked with the single runs above.",
+        "",
+    ]
+    for sweep in sweeps:
+        lines += [f"### Sweep `{sweep.sweep_id}`", ""]
+        datasets = sorted({_dataset_text(r) for r in sweep.runs if r.finished})
+        if any(r.synthetic for r in sweep.runs):
+            lines += [f"> **{SYNTHETIC_LABEL}.**", ""]
+        states = Counter(t.get("state") or "?" for t in sweep.trials)
+        lines += [
+            f"- Metric: `{sweep.metric}` ({sweep.goal})",
+            f"- Trials: {len(sweep.trials)}"
+            + (f" ({', '.join(f'{n} {state}' for state, n in sorted(states.items()))})" if states else ""),
+        ]
+        if datasets:
+            lines.append(f"- Dataset: {'; '.join(datasets)}")
+        if sweep.best is not None:
+            params = ", ".join(f"{k}={sweep.best.get(k)}" for k in sweep.params if k in sweep.best)
+            lines.append(
+                f"- Best trial: {sweep.best.get('trial', '?')} (run `{sweep.best.get('run_id', '?')}`), "
+                f"{sweep.metric} {_f(sweep.trial_metric(sweep.best))}" + (f", with {params}" if params else "")
+            )
+        else:
+            lines.append("- Best trial: none (no trial has a metric yet)")
+        config = figures.copy(f"sweeps/{_slug(sweep.sweep_id)}", sweep.path / "sweep.yaml", "sweep.yaml")
+        if config:
+            lines.append(f"- Sweep config: [sweep.yaml]({config})")
+        lines.append("")
+        if not sweep.trials:
+            lines += ["No trial recorded (trials.csv is missing).", ""]
+            continue
+        header = ["trial", "run", *sweep.params, sweep.metric, "state", "epochs"]
+        rows = [
+            [
+                t.get("trial") or "?",
+                f"`{t.get('run_id') or '?'}`",
+                *(t.get(k) or "-" for k in sweep.params),
+                _f(sweep.trial_metric(t)),
+                t.get("state") or "?",
+                t.get("epochs") or "n/a",
+            ]
+            for t in sweep.ranked_trials()
+        ]
+        lines += [f"Trials, best {sweep.metric} first ({sweep.goal}):", ""]
+        lines += _table(header, rows) + [""]
+    return lines
+
+
 def _per_model(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
+    if not runs:
+        return []
     lines = ["## Per model", ""]
     for record in runs:
-        lines += [f"### {record.label} (`{record.run_id}`)", ""]
+        lines += [f"### {record.label} (`{record.run_id}`)", "", f"Trained on {_dataset_text(record)}.", ""]
         if record.synthetic:
             lines += [f"> **{SYNTHETIC_LABEL}.**", ""]
         if record.path is None:
             lines += [f"Figures are in the W&B run: {record.url or 'n/a'}", ""]
             continue
         for name, caption in RUN_FIGURES.items():
-            link = figures.copy(record, record.path / "figures" / name, name)
+            link = figures.copy(record.key, record.path / "figures" / name, name)
             lines.append(
                 f"![{caption}]({link})"
                 if link
@@ -220,6 +364,8 @@ def _new_images(runs: Sequence[RunRecord], figures: _Figures, include_figures: b
         source = Path(str((record.comparison or {}).get("images_dir", ""))).name
         lines += [
             f"### {record.label} (`{record.run_id}`)" + (f" on `{source}`" if source else ""),
+            "",
+            f"Model trained on {_dataset_text(record)}.",
             "",
         ]
         if record.synthetic:
@@ -249,7 +395,7 @@ def _new_images(runs: Sequence[RunRecord], figures: _Figures, include_figures: b
         if include_figures:
             for mode in modes:
                 link = figures.copy(
-                    record,
+                    record.key,
                     record.path / "predictions" / mode / "sheet.png",
                     f"predictions_{mode}_sheet.png",
                 )
@@ -302,8 +448,8 @@ def _evaluations(runs: Sequence[RunRecord]) -> list[str]:
                 if m is None
                 else f"{_f(m.get('acc'))} / {_f(m.get('macro_f1'))} (n={m.get('images', '?')})"
             )
-        rows.append([record.label, f"`{record.run_id}`", *cells])
-    lines += _table(["model", "run", *names], rows) + [""]
+        rows.append([record.label, f"`{record.run_id}`", _dataset_text(record), *cells])
+    lines += _table(["model", "run", "trained on", *names], rows) + [""]
     for name in names:
         first = next(r.evaluations[name] for r in evaluated if name in r.evaluations)
         text = (
@@ -318,12 +464,14 @@ def _evaluations(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def _reproducibility(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
+    if not runs:
+        return []
     lines = ["## Reproducibility", ""]
     for record in runs:
         env = record.env or {}
-        lines.append(f"- **{record.label}** (`{record.run_id}`)")
+        lines += [f"- **{record.label}** (`{record.run_id}`)", f"  - dataset: {_dataset_text(record)}, root `{record.dataset.root}`"]
         if record.path is not None:
-            config = figures.copy(record, record.path / "config.yaml", "config.yaml")
+            config = figures.copy(record.key, record.path / "config.yaml", "config.yaml")
             lines += [
                 f"  - git commit: {record.git_commit or 'not recorded (not run from a git checkout)'}",
                 f"  - seed: {_or_na(record.seed)}",
@@ -345,6 +493,7 @@ def build_report(
     title: str = DEFAULT_TITLE,
     include_new_image_figures: bool = True,
     generated: datetime | None = None,
+    compare_across_datasets: bool = False,
 ) -> str:
     """The report's markdown; copies its figures under ``<out parent>/figures/`` on the way.
 
@@ -354,21 +503,31 @@ def build_report(
         include_new_image_figures: link the new-image prediction sheets; pass False when the
             new images are real photos that must not go into a committed report.
         generated: the time on the header line (default: now).
+        compare_across_datasets: rank every single run in one table, chart and set of conclusions
+            (with a caution when the datasets differ) instead of one section per dataset.
     """
     if not isinstance(run_set, RunSet):
         run_set = RunSet(finish_records(list(run_set)), [], "run records")
-    runs = run_set.runs
-    if not runs:
+    if not run_set.runs and not run_set.sweeps:
         raise NoRunsError(f"no finished runs to report on; {TRAIN_HINT}")
     figures = _Figures(Path(out).parent)
     if not include_new_image_figures:
         # Photo sheets copied by an earlier report must not survive into one that omits them.
         for stale in sorted(figures.root.glob("*/predictions_*_sheet.png")):
             stale.unlink()
-    lines = _header(title, run_set, generated or datetime.now())
-    lines += _comparison(runs, figures)
-    lines += ["## Conclusions", "", "Computed from the numbers above and the run folders.", ""]
-    lines += _synthetic_note(runs) + conclusions(runs) + [""]
+    lines = _header(title, run_set, generated or datetime.now(), compare_across_datasets)
+    if compare_across_datasets:
+        runs = run_set.runs
+        if runs:
+            lines += _comparison_across_datasets(runs, figures)
+            lines += ["## Conclusions", "", "Computed from the numbers above and the run folders.", ""]
+            lines += _synthetic_note(runs) + conclusions(runs) + [""]
+    else:
+        groups = dataset_groups(run_set.runs)
+        for group, chart_name in zip(groups, _chart_names(groups), strict=True):
+            lines += _dataset_section(group, figures, chart_name)
+        runs = [r for group in groups for r in group]  # the later sections follow the dataset order
+    lines += _sweeps(run_set.sweeps, figures)
     lines += _per_model(runs, figures)
     lines += _new_images(runs, figures, include_new_image_figures)
     lines += _evaluations(runs)
