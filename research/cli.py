@@ -374,9 +374,7 @@ def sync_runs_main(argv: Sequence[str] | None = None) -> None:
         "Upload offline W&B runs: finds every offline-run-* under the given folders, points the files W&B "
         "staged for them (model artifact, tables) at where the run folder is now (after copying runs/ to "
         "another machine or HOME), then runs `wandb sync` on them. Needs `wandb login` and the network.",
-        "examples:
-  poetry run sync-runs runs/
-  poetry run sync-runs runs/scratch_cnn-20260101-120000 --dry-run",
+        "examples:\n  poetry run sync-runs runs/\n  poetry run sync-runs runs/scratch_cnn-20260101-120000 --dry-run",
     )
     parser.add_argument("paths", nargs="+", type=Path, help="run folders, folders of runs, or offline-run-* folders")
     parser.add_argument("--dry-run", action="store_true", help="show what would be uploaded (wandb sync --dry-run)")
