@@ -139,8 +139,14 @@ def create_torchvision_model(
         source = f"file:{pretrained_file}"
     elif pretrained:
         weights = _torchvision_weights(name)
+        log.info(
+            "loading torchvision weights %s for %s (hub cache %s; downloaded if missing; if that fails: %s)", weights,
+            name, Path(torch.hub.get_dir()) / "checkpoints",
+            "random init, as model.pretrained_fallback=true" if pretrained_fallback else "an error that says how to provide them",
+        )
         try:
-            net.load_state_dict(weights.get_state_dict(progress=True, check_hash=True))
+            # progress=False: torch.hub would write "Downloading: URL" to the console itself
+            net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
             source = f"torchvision hub ({weights})"
         except Exception as err:  # URLError, socket errors, SSL errors... all mean "offline"
             message = (

@@ -96,6 +96,10 @@ class WandbRun:
             log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `wandb sync`", directory)
             self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
             self._staging = staging.enter()
+        wandb_logger = logging.getLogger("wandb")
+        level = wandb_logger.level
+        if self.mode == "online":  # a failed start is reported below in one line, not as W&B's traceback
+            wandb_logger.setLevel(logging.CRITICAL)
         try:
             self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **kwargs)
         except Exception as err:  # CommError, timeouts, auth errors: the run must go on
@@ -103,7 +107,7 @@ class WandbRun:
                 raise
             log.warning(
                 "W&B online start failed after at most %.0f s (%s); recording offline instead (wandb.init_timeout "
-                "sets the wait). Sync later with `wandb sync`.", init_timeout, str(err).splitlines()[0][:200],
+                "sets the wait). Upload later with `poetry run sync-runs RUN_FOLDER`.", init_timeout, str(err).splitlines()[0][:200],
             )
             # The failed start still holds the run id in W&B's service process: restart it.
             wandb.teardown()
@@ -111,6 +115,8 @@ class WandbRun:
             self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
             self._staging = staging.enter()
             self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+        finally:
+            wandb_logger.setLevel(level)
         if in_sweep:
             self.run.config.update(dict(config), allow_val_change=True)
         self.run.define_metric("epoch")

@@ -1,0 +1,342 @@
+"""The fault catalogue: every way a user can hurt the program gets a clear error (exit code 2, one
+message naming the file or key and the fix) or a counted skip, and nothing finished is lost.
+
+Each case runs the real command (the console script's ``main``) and asserts the exit code, the
+message and what is left on disk.
+"""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from research.cli import evaluate_main, pipeline_main, predict_main, sweep_main, train_main
+from research.tracking.runs import RunFolder
+from tests.conftest import FAST
+from tests.wandb_reader import read_offline_run
+
+
+def cli(main, argv: list[str]) -> int:
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    return exit_info.value.code
+
+
+def train_args(data: Path, runs: Path, *extra: str) -> list[str]:
+    return [*FAST, f"data.root={data}", f"run.dir={runs}", *extra]
+
+
+def temp_files(folder: Path) -> list[Path]:
+    return [p for p in folder.rglob(".*.tmp*")] if folder.exists() else []
+
+
+def copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# --- 7, 8, 14, 10: bad values and inputs fail before any folder is made -------------------------
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("augment.hflip_p=2", r"augment.hflip_p=2.0 is out of range: a probability in \[0, 1\]"),
+        ("data.demo_scale=0", r"data.demo_scale=0.0 is out of range: allowed a size multiplier in \(0, 100\]"),
+        ("optim.weight_decay=-1", r"optim.weight_decay=-1.0 is out of range: allowed >= 0"),
+        ("train.device=cuda", r"train.device='cuda' but CUDA is not available here; use train.device=auto or cpu"),
+        ("faces.scale_factor=1", r"faces.scale_factor=1.0 is out of range"),
+        ("model.name=resnet1", r"model.name='resnet1' is not a registered model; known: .*resnet18"),
+        ("run.name=a/b", r"run.name='a/b' must be a folder name"),
+    ],
+)
+def test_out_of_range_values_fail_at_load_with_nothing_left(override, message, tmp_path, tiny_dataset, caplog, monkeypatch):
+    if override.startswith("train.device") and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    assert cli(train_main, train_args(tiny_dataset, tmp_path / "runs", override)) == 2
+    assert pytest.approx(0) == len(list((tmp_path).glob("runs/*")))
+    assert any(r.levelname == "ERROR" for r in caplog.records)
+    import re
+
+    assert re.search(message, caplog.text), caplog.text
+
+
+def test_config_yaml_top_level_not_a_mapping(tmp_path, caplog):
+    bad = tmp_path / "list.yaml"
+    bad.write_text("- data\n- model\n")
+    assert cli(train_main, ["--config", str(bad)]) == 2
+    assert f"{bad}: the top level must be a mapping of sections" in caplog.text
+
+
+def test_config_yaml_syntax_error_names_the_line(tmp_path, caplog):
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("optim:\n  lr: [0.1\n")
+    assert cli(train_main, ["--config", str(bad)]) == 2
+    assert str(bad) in caplog.text and "line 3" in caplog.text
+
+
+def test_a_file_as_data_root(tmp_path, caplog):
+    archive = tmp_path / "dataset.zip"
+    archive.write_bytes(b"PK")
+    assert cli(train_main, train_args(archive, tmp_path / "runs")) == 2
+    assert "is a file; pass the dataset folder" in caplog.text and "fetch-data --zip" in caplog.text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_pipeline_with_a_missing_data_folder_does_no_work(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert cli(pipeline_main, ["--data-dir", "nowhere", "--runs-dir", "runs/study"]) == 2
+    assert "data.root=nowhere does not exist" in caplog.text
+    assert "Traceback" not in caplog.text and "Downloading" not in caplog.text
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()
+
+
+# --- 8, 9: sweep files and values ---------------------------------------------------------------
+SWEEP = """\
+method: grid
+metric: {{name: val/macro_f1, goal: maximize}}
+parameters:
+  optim.lr: {{values: {values}}}
+command: [python, -m, research, train, --config, scratch_cnn, "${{args}}"]
+"""
+
+
+def test_malformed_sweep_yaml_names_file_and_line(tmp_path, caplog):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text("method: grid\nparameters:\n  optim.lr: {values: [0.1, 0.2\n")
+    assert cli(sweep_main, [str(bad)]) == 2
+    assert f"{bad} line" in caplog.text and "not valid YAML" in caplog.text
+
+
+def test_sweep_values_of_the_wrong_type_fail_before_the_first_trial(tmp_path, tiny_dataset, caplog):
+    bad = tmp_path / "sweep.yaml"
+    bad.write_text(SWEEP.format(values="[0.01, fast]"))
+    code = cli(sweep_main, [str(bad), "--sweep-id", "s", *train_args(tiny_dataset, tmp_path / "runs")])
+    assert code == 2 and "sweep parameter optim.lr value 'fast'" in caplog.text
+    assert not (Path("runs/sweeps") / "s").exists()
+
+
+@pytest.mark.parametrize("count", ["0", "-3"])
+def test_sweep_count_must_be_positive(count, tmp_path, capsys):
+    good = tmp_path / "sweep.yaml"
+    good.write_text(SWEEP.format(values="[0.01]"))
+    assert cli(sweep_main, [str(good), "--count", count]) == 2
+    assert "--count: must be >= 1" in capsys.readouterr().err
+
+
+# --- 3: running the same local sweep again continues it --------------------------------------------
+def test_rerunning_a_sweep_keeps_finished_trials_and_reruns_the_interrupted_one(tmp_path, tiny_dataset, monkeypatch):
+    import research.sweep as sweep_mod
+
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(SWEEP.format(values="[0.01, 0.003, 0.001]"))
+    root = tmp_path / "sweeps"
+    argv = [str(spec), "--sweep-id", "g", "--count", "2", *FAST, f"data.root={tiny_dataset}"]
+    monkeypatch.setattr(sweep_mod, "run_local_sweep", _rooted(sweep_mod.run_local_sweep, root))
+    real_train, calls = sweep_mod.train, []
+
+    def ctrl_c_in_trial_2(cfg, **kwargs):
+        calls.append(cfg.run.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_train(cfg, **kwargs)
+
+    monkeypatch.setattr(sweep_mod, "train", ctrl_c_in_trial_2)
+    assert cli(sweep_main, argv) == 130
+    first = _trials(root / "g")
+    assert [t["state"] for t in first] == ["finished", "interrupted"]
+    finished_metric = first[0]["metric"]
+
+    monkeypatch.setattr(sweep_mod, "train", real_train)
+    assert cli(sweep_main, argv) == 0
+    again = _trials(root / "g")
+    # trial 1 kept as it was, trial 2 rerun with the same lr, --count 2 new trials: the grid's third point, then exhausted
+    assert [t["trial"] for t in again] == ["1", "2", "3"]
+    assert again[0]["metric"] == finished_metric and again[0]["optim.lr"] == first[0]["optim.lr"]
+    assert again[1]["state"] == "finished" and again[1]["optim.lr"] == first[1]["optim.lr"]
+    assert sorted(float(t["optim.lr"]) for t in again) == [0.001, 0.003, 0.01]  # the grid never repeats a point
+    assert all(t["state"] == "finished" for t in again)
+
+
+def _rooted(run_local_sweep, root: Path):
+    def wrapper(*args, **kwargs):
+        return run_local_sweep(*args, root=root, **kwargs)
+
+    return wrapper
+
+
+def _trials(folder: Path) -> list[dict[str, str]]:
+    with (folder / "trials.csv").open(newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+# --- 4: corrupt or truncated checkpoints ----------------------------------------------------------
+def truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+def test_truncated_last_checkpoint_on_resume(tmp_path, tiny_dataset, caplog):
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=r")) == 0
+    truncate(tmp_path / "r" / "last.pt")
+    assert cli(train_main, [f"run.resume={tmp_path / 'r'}"]) == 2
+    assert f"{tmp_path / 'r' / 'last.pt'} is damaged or not a checkpoint" in caplog.text
+    assert "start a new run" in caplog.text
+    assert (tmp_path / "r" / "best.pt").exists() and (tmp_path / "r" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_truncated_best_checkpoint_in_predict_and_evaluate(command, trained_run, tmp_path, tiny_dataset, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    truncate(run / "best.pt")
+    main, data = (predict_main, tiny_dataset / "validation") if command == "predict" else (evaluate_main, tiny_dataset)
+    extra = ["--split", "validation"] if command == "evaluate" else []
+    assert cli(main, ["--run", str(run), str(data), *extra, "--wandb", "disabled"]) == 2
+    assert f"{run / 'best.pt'} is damaged or not a checkpoint" in caplog.text and "--checkpoint last" in caplog.text
+
+
+# --- 5: disk full while writing a checkpoint --------------------------------------------------------
+def test_disk_full_is_a_clear_error_with_no_temp_files_and_the_run_marked_failed(tmp_path, tiny_dataset, caplog, monkeypatch):
+    real_save, saves = torch.save, []
+
+    def full_disk(obj, path, *args, **kwargs):
+        saves.append(path)
+        if len(saves) >= 3:  # epoch 1's last.pt and best.pt fit; epoch 2's do not
+            Path(path).write_bytes(b"partial")
+            raise RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed writing file data/0: file write failed")
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=full", "train.epochs=2")) == 2
+    run = tmp_path / "full"
+    assert "cannot write" in caplog.text and "Free disk space" in caplog.text
+    assert temp_files(run) == []
+    assert RunFolder(run).read_summary()["status"] == "failed"
+    assert torch.load(run / "last.pt", weights_only=False)["trainer"]["epoch"] == 1  # epoch 1 is intact
+
+
+# --- 6: images over the decompression-bomb limit --------------------------------------------------
+def test_huge_jpeg_is_decoded_downscaled_and_a_huge_png_is_skipped_and_reported(tmp_path, tiny_dataset, monkeypatch, caplog):
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    noise = np.random.default_rng(0).integers(0, 255, (600, 600, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(data / "train" / "alegria" / "huge.jpg", quality=80)
+    Image.fromarray(noise).save(data / "train" / "alegria" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100_000)  # 600x600 is over twice the limit: a "bomb"
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=b")) == 2
+    assert "huge.png" in caplog.text and "decompression-bomb limit" in caplog.text
+    caplog.clear()
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=b", "data.bad_files=skip")) == 0
+    skipped = RunFolder(tmp_path / "runs" / "b").read_summary()["dataset"]["skipped_files"]
+    assert [Path(p).name for p in skipped] == ["huge.png"]  # the JPEG was read, downscaled on decode
+
+
+def test_huge_jpeg_in_predict(trained_run, tmp_path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.full((1600, 1600, 3), 128, np.uint8)).save(photos / "anger_1.jpg")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1_100_000)  # 1600x1600 is over twice the limit; the panels are not
+    assert cli(predict_main, ["--run", str(trained_run), str(photos), "--face", "raw", "--out", str(tmp_path / "o"), "--wandb", "disabled"]) == 0
+    assert (tmp_path / "o" / "raw" / "predictions.json").exists()
+
+
+# --- 11: a dangling symlink in a class folder ---------------------------------------------------------
+def test_broken_symlink_is_reported_not_dropped(tmp_path, tiny_dataset, caplog):
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    (data / "train" / "alegria" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=s")) == 2
+    assert "gone.png: broken symbolic link" in caplog.text
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=s", "data.bad_files=skip")) == 0
+    skipped = RunFolder(tmp_path / "runs" / "s").read_summary()["dataset"]["skipped_files"]
+    assert [Path(p).name for p in skipped] == ["gone.png"]
+
+
+# --- 12: a failed start never blocks a retry --------------------------------------------------------
+def test_a_failed_start_leaves_nothing_that_blocks_a_retry(tmp_path, tiny_dataset):
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    (data / "train" / "alegria" / "broken.png").write_bytes(b"not a png")
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=retry")) == 2
+    assert not (tmp_path / "runs" / "retry").exists()  # data are checked before the folder is made
+    # a folder left by an older version (config.yaml only, no epoch) is reused, not refused
+    (tmp_path / "runs" / "retry").mkdir(parents=True)
+    (tmp_path / "runs" / "retry" / "config.yaml").write_text("data: {}\n")
+    (data / "train" / "alegria" / "broken.png").unlink()
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=retry")) == 0
+    assert RunFolder(tmp_path / "runs" / "retry").read_summary()["status"] == "finished"
+
+
+def test_an_existing_finished_run_is_never_overwritten(tmp_path, tiny_dataset, caplog):
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=done")) == 0
+    before = (tmp_path / "done" / "best.pt").read_bytes()
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=done")) == 2
+    assert "exists; choose another run.name or resume it" in caplog.text
+    assert (tmp_path / "done" / "best.pt").read_bytes() == before
+
+
+# --- 13: predict --no-fallback lists what it left out -----------------------------------------------
+def test_no_fallback_counts_and_lists_faceless_images(trained_run, tmp_path):
+    import json
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (120, 120), (128, 128, 128)).save(photos / "anger_blank.png")  # no face to find
+    assert cli(predict_main, ["--run", str(trained_run), str(photos), "--face", "haar", "--no-fallback",
+                              "--out", str(tmp_path / "o"), "--wandb", "disabled"]) == 0
+    haar = json.loads((tmp_path / "o" / "comparison.json").read_text())["modes"]["haar"]
+    assert haar["no_face"] == 1 and haar["skipped_no_face"] == ["anger_blank.png"] and haar["images"] == 0
+
+
+# --- 1, 2, 15: W&B unreachable, empty WANDB_MODE, resumed offline runs ------------------------------
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed once the socket is: connections are refused
+
+
+@pytest.mark.slow
+def test_unreachable_wandb_server_trains_and_records_offline(tmp_path, tiny_dataset, monkeypatch, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=w", "wandb.mode=auto", "wandb.init_timeout=5")) == 0
+    summary = RunFolder(tmp_path / "w").read_summary()
+    assert summary["status"] == "finished" and summary["wandb"]["mode"] == "offline"
+    assert "recording offline instead" in caplog.text and "sync-runs" in caplog.text
+    assert "Traceback" not in caplog.text
+    (record,) = (tmp_path / "w" / "wandb").glob("offline-run-*")
+    assert read_offline_run(record).summary["val/acc"] == pytest.approx(summary["best"]["val/acc"])
+
+
+def test_empty_wandb_mode_counts_as_unset(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "")
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=e", "wandb.mode=offline")) == 0
+    assert list((tmp_path / "e" / "wandb").glob("offline-run-*"))
+
+
+def test_a_resumed_offline_run_is_one_record_with_every_epoch_once(tmp_path, tiny_dataset, monkeypatch):
+    from research.tracking import wandb_log
+
+    original = wandb_log.WandbRun.log_epoch
+
+    def ctrl_c_after_epoch_1(self, row):
+        original(self, row)
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", ctrl_c_after_epoch_1)
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=o", "wandb.mode=offline", "train.epochs=3")) == 130
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", original)
+    assert cli(train_main, [f"run.resume={tmp_path / 'o'}"]) == 0
+    records = list((tmp_path / "o" / "wandb").glob("offline-run-*"))
+    assert len(records) == 1  # the partial first record moved to wandb/superseded/, kept
+    assert len(list((tmp_path / "o" / "wandb" / "superseded").glob("offline-run-*"))) == 1
+    history = read_offline_run(records[0]).history
+    assert [row["epoch"] for row in history if "train/loss" in row] == [1, 2, 3]
+    steps = [row["_step"] for row in history]
+    assert steps == sorted(steps)
