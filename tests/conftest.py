@@ -68,3 +68,19 @@ def trained_run(tmp_path_factory, tiny_dataset) -> Path:
     cfg = load_config(None, [*FAST, f"data.root={tiny_dataset}", "train.epochs=2", f"run.dir={runs}", "run.name=trained"])
     summary = train(cfg)
     return Path(summary.run_dir)
+
+
+def interrupt_after_epoch(monkeypatch, epoch: int):
+    """Simulate Ctrl-C right after ``epoch`` is logged (its checkpoint is already saved).
+    Returns a function that ends the simulation."""
+    from research.tracking import wandb_log
+
+    original = wandb_log.WandbRun.log_epoch
+
+    def ctrl_c(self, row):
+        original(self, row)
+        if row["epoch"] == epoch:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", ctrl_c)
+    return lambda: monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", original)

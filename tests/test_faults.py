@@ -19,7 +19,7 @@ from PIL import Image
 
 from research.cli import evaluate_main, pipeline_main, predict_main, sweep_main, train_main
 from research.tracking.runs import RunFolder
-from tests.conftest import FAST
+from tests.conftest import FAST, interrupt_after_epoch
 from tests.wandb_reader import read_offline_run
 
 
@@ -320,18 +320,9 @@ def test_empty_wandb_mode_counts_as_unset(tmp_path, tiny_dataset, monkeypatch):
 
 
 def test_a_resumed_offline_run_is_one_record_with_every_epoch_once(tmp_path, tiny_dataset, monkeypatch):
-    from research.tracking import wandb_log
-
-    original = wandb_log.WandbRun.log_epoch
-
-    def ctrl_c_after_epoch_1(self, row):
-        original(self, row)
-        if row["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", ctrl_c_after_epoch_1)
+    stop_interrupting = interrupt_after_epoch(monkeypatch, 1)
     assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=o", "wandb.mode=offline", "train.epochs=3")) == 130
-    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", original)
+    stop_interrupting()
     assert cli(train_main, [f"run.resume={tmp_path / 'o'}"]) == 0
     records = list((tmp_path / "o" / "wandb").glob("offline-run-*"))
     assert len(records) == 1  # the partial first record moved to wandb/superseded/, kept

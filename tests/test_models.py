@@ -130,3 +130,15 @@ def test_from_scratch_backbones_use_default_bn_momentum(tmp_path):
     torch.save(torchvision.models.mobilenet_v3_small(weights=None).state_dict(), path)
     pretrained = create_model("mobilenet_v3_small", 7, pretrained_file=str(path))
     assert {m.momentum for m in pretrained.modules() if isinstance(m, torch.nn.BatchNorm2d)} == {0.01}
+
+
+@pytest.mark.parametrize("name", [*list_models(), "timm/tf_efficientnet_lite0"])
+def test_every_new_head_starts_at_a_uniform_prediction(name):
+    import math
+
+    torch.manual_seed(0)
+    model = create_model(name, 7, pretrained=False, in_chans=1).eval()
+    x = torch.randn(8, 1, 64, 64)
+    with torch.no_grad():
+        loss = torch.nn.functional.cross_entropy(model(x), torch.arange(8) % 7).item()
+    assert abs(loss - math.log(7)) < 0.1, loss

@@ -13,7 +13,7 @@ from research.config import load_config
 from research.engine.trainer import NonFiniteLossError
 from research.tracking.runs import HISTORY_COLUMNS, RunFolder
 from research.train import train
-from tests.conftest import FAST
+from tests.conftest import FAST, interrupt_after_epoch
 
 
 def cfg_for(root: Path, runs: Path, *extra: str):
@@ -59,25 +59,17 @@ def test_same_seed_same_history(tmp_path, tiny_dataset):
 
 def test_resume_equals_uninterrupted(tmp_path, tiny_dataset, monkeypatch):
     from research.cli import resolve_train_config
-    from research.tracking import wandb_log
 
     extra = ("train.epochs=3", "augment.preset=medium", "data.sampler=balanced")
     full = train(cfg_for(tiny_dataset, tmp_path, "run.name=full", *extra))
 
-    original = wandb_log.WandbRun.log_epoch
-
-    def ctrl_c_after_epoch_2(self, row):
-        original(self, row)
-        if row["epoch"] == 2:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", ctrl_c_after_epoch_2)
+    stop_interrupting = interrupt_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
         train(cfg_for(tiny_dataset, tmp_path, "run.name=cut", *extra))
     cut = tmp_path / "cut"
     assert RunFolder(cut).read_summary()["status"] == "interrupted"
     assert torch.load(cut / "last.pt", weights_only=False)["trainer"]["epoch"] == 2
-    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", original)
+    stop_interrupting()
 
     resumed = train(resolve_train_config(None, [f"run.resume={cut}"]))
     assert resumed.status == "finished" and resumed.epochs_run == 3

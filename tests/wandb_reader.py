@@ -1,55 +1,30 @@
 """Read an offline W&B run file (``run-<id>.wandb``) back as the server would receive it.
 
-The file is W&B's record log: a 7-byte header (``:W&B``, magic, version), then 32 KiB blocks of
-records, each with a 7-byte header (crc32, little-endian length, type FULL/FIRST/MIDDLE/LAST)
-around a serialized ``wandb_internal_pb2.Record``. Tests use it to assert on what a user's
+The file is W&B's record log (read by :func:`research.tracking.wandb_log.read_record_log`, whose
+byte-exact round trip is tested in tests/test_wandb_record.py), each record a serialized
+``wandb_internal_pb2.Record``. Tests use it to assert on what a user's
 dashboard will show: history rows, summary values, media files, tables and artifacts.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-BLOCK = 32 * 1024
-HEADER = 7
-FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
+from research.tracking.wandb_log import read_record_log
 
 
 def records(path: Path) -> list[pb.Record]:
-    data = Path(path).read_bytes()
-    assert data[:4] == b":W&B", f"{path} is not a W&B run file"
-    out, pos, pending = [], HEADER, b""
-    while pos + HEADER <= len(data):
-        left_in_block = BLOCK - pos % BLOCK
-        if left_in_block < HEADER:
-            pos += left_in_block
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + HEADER])
-        if length == 0 and kind == 0:
-            pos += left_in_block
-            continue
-        chunk = data[pos + HEADER : pos + HEADER + length]
-        pos += HEADER + length
-        if kind == FULL:
-            pending = chunk
-        elif kind == FIRST:
-            pending = chunk
-            continue
-        elif kind == MIDDLE:
-            pending += chunk
-            continue
-        elif kind == LAST:
-            pending += chunk
+    _header, raw = read_record_log(path)
+    out = []
+    for data in raw:
         record = pb.Record()
-        record.ParseFromString(pending)
+        record.ParseFromString(data)
         out.append(record)
-        pending = b""
     return out
 
 

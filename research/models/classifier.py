@@ -35,6 +35,17 @@ class FERClassifier(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.pretrained_source = pretrained_source
         self.frozen = False
+        self._zero_init_head()
+
+    def _zero_init_head(self) -> None:
+        """A new head starts at a uniform prediction (loss ln C), whatever the backbone's feature scale:
+        timm's tf_efficientnet_lite0 head, initialised the usual way, started at logit std 3 and a
+        loss of 4.0 on 7 classes, and its first epochs were spent undoing that."""
+        linears = [m for n, m in self.net.named_modules() if self._is_head(n) and isinstance(m, nn.Linear)]
+        if linears:
+            nn.init.zeros_(linears[-1].weight)
+            if linears[-1].bias is not None:
+                nn.init.zeros_(linears[-1].bias)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
