@@ -34,7 +34,13 @@ from research.engine.trainer import (
     resolve_device,
     seed_everything,
 )
-from research.inference import Evaluation, evaluate_scores, predict_logits, write_evaluation
+from research.inference import (
+    Evaluation,
+    evaluate_scores,
+    predict_logits,
+    write_evaluation,
+    write_predictions,
+)
 from research.models.classifier import count_parameters
 from research.tracking.runs import RunFolder, RunFolderError, new_run_id, read_checkpoint
 from research.tracking.summary import (
@@ -120,10 +126,12 @@ def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> E
 def write_final_evaluation(
     run: RunFolder, trainer: Trainer, val_loader: DataLoader, *, label: str, wandb_run: WandbRun
 ) -> Evaluation:
-    """Evaluate best.pt on validation; write the report, confusion matrices, curves, reliability; log them."""
+    """Evaluate best.pt on validation; write the report, confusion matrices, per-image predictions
+    (val_predictions.npz, for the report's paired tests and confidence intervals), curves, reliability; log them."""
     from research import plots
 
     evaluation = evaluate_best(run, trainer, val_loader)
+    write_predictions(evaluation, run.val_predictions)
     figures = write_evaluation(
         evaluation, run.path, figures_dir=run.figures, label=label, header=f"best epoch {trainer.state.best_epoch}"
     )
