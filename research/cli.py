@@ -108,12 +108,18 @@ def train_parser() -> argparse.ArgumentParser:
         EPILOG_OVERRIDES + f"\npresets: {', '.join(list_presets())}\n\nexamples:\n"
         "  poetry run train --config scratch_cnn data.root=demo train.epochs=3\n"
         "  poetry run train --config resnet18 data.root=data/dataset_emociones optim.lr=1e-4\n"
-        "  poetry run train run.resume=runs/scratch_cnn-20260101-120000   # continue an interrupted run",
+        "  poetry run train run.resume=runs/scratch_cnn-20260101-120000   # continue an interrupted run\n"
+        "  poetry run train --config resnet18 --seeds 3 run.name=r18   # runs/r18-s42, r18-s43, r18-s44",
         overrides=True,
     )
     parser.add_argument("--config", "-c", help="preset name (research/configs/NAME.yaml) or a YAML file")
     parser.add_argument("--list-models", action="store_true", help="print the registered model names and exit")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument(
+        "--seeds", type=_positive_int, metavar="N",
+        help="train the same config N times with run.seed, run.seed+1, ...; run folders <run.name or model-time>-s<seed> "
+        "(the report groups them and shows mean ± std and confidence intervals)",
+    )
     return parser
 
 
@@ -142,11 +148,21 @@ def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] |
         _print(to_yaml(cfg))
         return 0
     from research.predict import new_images_step
-    from research.train import train
+    from research.train import train, train_seeds
 
     command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
     after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
-    _print(train(cfg, command=command, after_fit=after_fit).run_dir)
+    if args.seeds is None:
+        _print(train(cfg, command=command, after_fit=after_fit).run_dir)
+        return 0
+    results = train_seeds(cfg, args.seeds, command=command, after_fit=after_fit)
+    for result in results:
+        if result.run_dir.exists():
+            _print(result.run_dir)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        log.error("%d of %d seed(s) failed: %s", len(failed), len(results), "; ".join(f"seed {r.seed}: {r.error}" for r in failed))
+        return 1
     return 0
 
 

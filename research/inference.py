@@ -22,7 +22,7 @@ from research.config import flatten, load_saved_config
 from research.engine import metrics as M
 from research.engine.trainer import resolve_device
 from research.models.classifier import FERClassifier
-from research.tracking.runs import RunFolder, read_checkpoint, write_json
+from research.tracking.runs import RunFolder, read_checkpoint, write_json, write_npz
 from research.tracking.wandb_log import WandbRun, linked_run
 
 log = logging.getLogger(__name__)
@@ -172,3 +172,15 @@ def write_evaluation(
         ),
         "reliability": plots.plot_reliability(e.probs, e.targets, figures_dir / "reliability.png", title=f"Reliability - {label}"),
     }
+
+
+def write_predictions(evaluation: Evaluation, path: Path) -> Path:
+    """Per-image predictions in the order the images were scored (the validation loader does not
+    shuffle, so runs on the same data line up image by image): ``targets`` and ``preds`` (N,) int,
+    ``probs`` (N, C) float32 and ``class_names`` (C,), in one ``.npz`` file."""
+    e = evaluation
+    write_npz(
+        Path(path), targets=np.asarray(e.targets, dtype=np.int64), preds=np.asarray(e.preds, dtype=np.int64),
+        probs=np.asarray(e.probs, dtype=np.float32), class_names=np.asarray(e.class_names),
+    )
+    return Path(path)

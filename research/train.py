@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
 from research import builders
-from research.config import check_inputs, flatten, to_yaml
+from research.config import ConfigError, check_inputs, flatten, to_yaml, validate
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import load_datasets
 from research.engine.trainer import (
@@ -34,7 +35,13 @@ from research.engine.trainer import (
     resolve_device,
     seed_everything,
 )
-from research.inference import Evaluation, evaluate_scores, predict_logits, write_evaluation
+from research.inference import (
+    Evaluation,
+    evaluate_scores,
+    predict_logits,
+    write_evaluation,
+    write_predictions,
+)
 from research.models.classifier import count_parameters
 from research.tracking.runs import RunFolder, RunFolderError, new_run_id, read_checkpoint
 from research.tracking.summary import (
@@ -120,10 +127,12 @@ def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> E
 def write_final_evaluation(
     run: RunFolder, trainer: Trainer, val_loader: DataLoader, *, label: str, wandb_run: WandbRun
 ) -> Evaluation:
-    """Evaluate best.pt on validation; write the report, confusion matrices, curves, reliability; log them."""
+    """Evaluate best.pt on validation; write the report, confusion matrices, per-image predictions
+    (val_predictions.npz, for the report's paired tests and confidence intervals), curves, reliability; log them."""
     from research import plots
 
     evaluation = evaluate_best(run, trainer, val_loader)
+    write_predictions(evaluation, run.val_predictions)
     figures = write_evaluation(
         evaluation, run.path, figures_dir=run.figures, label=label, header=f"best epoch {trainer.state.best_epoch}"
     )
@@ -265,6 +274,54 @@ def train(
         run.path, state.best_epoch, summary.best["val/acc"], summary.best["val/top2"], summary.best["val/macro_f1"], label,
     )
     return summary
+
+
+@dataclass
+class SeedResult:
+    """One run of :func:`train_seeds`: its summary, or the error that ended it."""
+
+    seed: int
+    run_dir: Path
+    summary: RunSummary | None = None
+    error: str | None = None
+
+
+def seed_configs(cfg: DictConfig, seeds: int) -> list[DictConfig]:
+    """``seeds`` copies of ``cfg`` that differ only in ``run.seed`` (``run.seed``, ``run.seed + 1``, ...)
+    and ``run.name`` (``<run.name or model-time>-s<seed>``): repeated runs of one configuration."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if cfg.run.resume:
+        raise ConfigError("--seeds starts new runs; resume each run on its own with run.resume=<run folder>")
+    base = cfg.run.name or new_run_id(cfg.model.name, Path(cfg.run.dir))
+    configs = []
+    for seed in range(cfg.run.seed, cfg.run.seed + seeds):
+        one = OmegaConf.merge(cfg, {"run": {"seed": seed, "name": f"{base}-s{seed}"}})
+        validate(one)
+        configs.append(one)
+    return configs
+
+
+def train_seeds(
+    cfg: DictConfig, seeds: int, *, command: str | None = None, after_fit: AfterFit | None = None
+) -> list[SeedResult]:
+    """Train the same configuration once per seed (see :func:`seed_configs`).
+
+    The inputs are checked once up front; after that a seed that fails is logged and recorded in
+    its result and the next seed still runs (Ctrl-C stops them all).
+    """
+    configs = seed_configs(cfg, seeds)
+    check_inputs(cfg)
+    results = []
+    for one in configs:
+        result = SeedResult(seed=one.run.seed, run_dir=Path(one.run.dir) / one.run.name)
+        try:
+            result.summary = train(one, command=command, after_fit=after_fit)
+        except Exception as err:  # one failed seed must not cost the others
+            result.error = f"{type(err).__name__}: {err}"
+            log.error("seed %d (%s) failed: %s", result.seed, result.run_dir, result.error)
+        results.append(result)
+    return results
 
 
 def _record_end(

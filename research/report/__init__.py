@@ -1,8 +1,9 @@
 """The markdown comparison report of trained runs: ``poetry run report``.
 
 ``report_cli([Path("runs")], Path("reports/results.md"))`` collects runs (:mod:`.collect`,
-run folders or the W&B API, both through the typed run summary), computes the conclusions
-(:mod:`.conclusions`) and renders the markdown with its figures (:mod:`.render`) under
+run folders or the W&B API, both through the typed run summary), groups repeated runs of one
+configuration and computes their spread, bootstrap intervals and paired tests (:mod:`.statistics`),
+computes the conclusions (:mod:`.conclusions`) and renders the markdown with its figures (:mod:`.render`) under
 ``<out parent>/figures/``; every link is relative, so the report renders on GitHub. The same
 inputs give the same report, except for the line with the generation time.
 

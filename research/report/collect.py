@@ -12,12 +12,14 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import zipfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from research.predict import MODES as PREDICTION_MODES
@@ -59,6 +61,8 @@ class RunRecord(RunSummary):
     comparison: dict[str, Any] | None = None
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> metrics.json
     label: str = ""  # display name: the model, or the run id when models repeat
+    config: dict[str, Any] | None = None  # config.yaml flattened to dotted keys ("optim.lr": 0.001)
+    val_predictions: dict[str, np.ndarray] | None = None  # "targets", "preds": (N,) per validation image
     key: str = ""  # unique folder name under <report>/figures/
 
     @classmethod
@@ -224,6 +228,8 @@ def load_run_record(folder: Path) -> RunRecord:
     if not record.finished:
         return record
     record.history = run.read_history()
+    record.config = flat_config(_read_optional_yaml(run.config_path))
+    record.val_predictions = read_val_predictions(run.val_predictions)
     record.confusion = _read_optional_json(run.path / "confusion_counts.json")
     record.per_class = _read_optional_json(run.path / "per_class.json")
     for mode in MODES:
@@ -239,6 +245,39 @@ def load_run_record(folder: Path) -> RunRecord:
         if metrics is not None:
             record.evaluations[metrics_path.parent.name] = metrics
     return record
+
+
+def flat_config(config: Any) -> dict[str, Any] | None:
+    """A config (nested as in config.yaml, or dotted as W&B keeps it) as ``{"optim.lr": 0.001, ...}``."""
+    if not isinstance(config, dict) or not config:
+        return None
+    flat: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            else:
+                flat[f"{prefix}{key}"] = value
+
+    walk(config, "")
+    return flat
+
+
+def read_val_predictions(path: Path) -> dict[str, np.ndarray] | None:
+    """``targets`` and ``preds`` (N,) of val_predictions.npz; ``None`` when missing or unreadable."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path) as data:
+            targets, preds = np.asarray(data["targets"], dtype=np.int64), np.asarray(data["preds"], dtype=np.int64)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        log.warning("%s cannot be read (%s); no paired test or confidence interval for this run", path, err)
+        return None
+    if targets.shape != preds.shape or targets.ndim != 1:
+        log.warning("%s holds targets %s and preds %s; left out of the report", path, targets.shape, preds.shape)
+        return None
+    return {"targets": targets, "preds": preds}
 
 
 def collect_runs(run_paths: Sequence[str | Path]) -> RunSet:
@@ -303,7 +342,7 @@ def wandb_record(raw: dict[str, Any]) -> RunRecord:
     history = sorted((dict(row) for row in raw.get("history") or [] if "epoch" in row), key=lambda row: row["epoch"])
     if summary.epochs_run is None and history:
         summary.epochs_run = max(int(row["epoch"]) for row in history)
-    return RunRecord.of(summary, history=history, url=raw.get("url"))
+    return RunRecord.of(summary, history=history, url=raw.get("url"), config=flat_config(raw.get("config")))
 
 
 def collect_wandb_runs(path: str) -> RunSet:

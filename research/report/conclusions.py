@@ -6,6 +6,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from research.report.collect import RunRecord
+from research.report.statistics import ALPHA, RunGroup, group_runs, paired_test
 
 
 def _points(a: float, b: float) -> str:
@@ -27,8 +28,10 @@ def conclusions(runs: Sequence[RunRecord]) -> list[str]:
             "validation scores are only comparable between runs on the same data."
         )
     lines += _best_model(runs)
-    lines += _cost_of_speed(runs)
-    lines += _calibration(runs)
+    # Speed, size and calibration compare configurations: each by its best run, not seed against seed.
+    representatives = [group.best_run for group in group_runs(runs)]
+    lines += _cost_of_speed(representatives)
+    lines += _calibration(representatives)
     for record in runs:
         facts = [
             fact
@@ -51,32 +54,60 @@ def _scored(runs: Sequence[RunRecord], metric: str) -> list[RunRecord]:
     return [r for r in runs if r.score(metric) is not None]
 
 
+def _value(group: RunGroup, metric: str) -> str:
+    """``0.700`` for one run, ``0.700 ± 0.012`` (mean ± sample std) for repeated runs."""
+    std = group.std(metric)
+    return f"{group.mean(metric):.3f}" + ("" if std is None else f" ± {std:.3f}")
+
+
 def _best_model(runs: Sequence[RunRecord]) -> list[str]:
-    scored = _scored(runs, "macro_f1")
-    if not scored:
+    """The best configuration against the runner-up, with the paired test of the two."""
+    groups = [g for g in group_runs(runs) if g.mean("macro_f1") is not None]
+    if not groups:
         return ["- No run has a validation macro-F1; nothing to rank."]
-    best = scored[0]
-    f1 = float(best.score("macro_f1"))
-    text = f"- Best model by validation macro-F1: **{best.label}** with {f1:.3f}"
-    if best.score("acc") is not None:
-        text += f" (accuracy {best.score('acc'):.3f})"
-    if len(scored) == 1:
-        text += "; it is the only run on this dataset, so there is nothing to compare it with."
+    best = groups[0]
+    f1 = float(best.mean("macro_f1"))
+    text = f"- Best model by validation macro-F1: **{best.label}** with {_value(best, 'macro_f1')}"
+    notes = [f"mean ± std over {best.n} seeds"] if best.n > 1 else []
+    if best.mean("acc") is not None:
+        notes.append(f"accuracy {_value(best, 'acc')}")
+    if notes:
+        text += f" ({'; '.join(notes)})"
+    if len(groups) == 1:
+        what = "run" if best.n == 1 else "configuration"
+        text += f"; it is the only {what} on this dataset, so there is nothing to compare it with."
     else:
-        second = scored[1]
-        f1_second = float(second.score("macro_f1"))
+        second = groups[1]
+        f1_second = float(second.mean("macro_f1"))
         if f1 == f1_second:
-            text += f", tied with {second.label} ({f1_second:.3f})."
+            text += f", tied with {second.label} ({_value(second, 'macro_f1')})."
         else:
-            text += (
-                f", {_points(f1, f1_second)} above the runner-up, {second.label} ({f1_second:.3f})."
-            )
-    if best.dataset.val_images:
-        text += (
-            f" With {best.dataset.val_images} validation images, one image is worth "
-            f"{100 / best.dataset.val_images:.2f} accuracy points."
-        )
-    return [text]
+            text += f", {_points(f1, f1_second)} above the runner-up, {second.label} ({_value(second, 'macro_f1')})."
+    val_images = best.best_run.dataset.val_images
+    if val_images:
+        text += f" With {val_images} validation images, one image is worth {100 / val_images:.2f} accuracy points."
+    lines = [text]
+    if len(groups) > 1:
+        lines.append(_paired(best, groups[1]))
+    return lines
+
+
+def _paired(a: RunGroup, b: RunGroup) -> str:
+    """McNemar's exact test of ``a`` against ``b`` on the same validation images, or why there is none."""
+    test = paired_test(a, b)
+    if isinstance(test, str):
+        return f"- **{a.label}** vs **{b.label}**: no paired test ({test})."
+    which = "; for repeated runs, on the best seed of each" if a.n > 1 or b.n > 1 else ""
+    verdict = (
+        f"the difference is significant at the {ALPHA:.0%} level"
+        if test.significant
+        else f"the difference is not significant at the {ALPHA:.0%} level (it may be chance)"
+    )
+    return (
+        f"- Paired test of **{a.label}** vs **{b.label}** on the same {test.images} validation images "
+        f"(McNemar's exact test{which}): only {a.label} is right on {test.only_a} image(s), only {b.label} "
+        f"on {test.only_b}; p = {test.p_value:.3g}, so {verdict}."
+    )
 
 
 def _cost_of_speed(runs: Sequence[RunRecord]) -> list[str]:

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import numpy as np
+
 from research import plots
 from research.report.collect import (
     MODES,
@@ -29,6 +31,14 @@ from research.report.collect import (
     skipped_text,
 )
 from research.report.conclusions import conclusions
+from research.report.statistics import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    CI_METRICS,
+    IGNORED_KEYS,
+    RunGroup,
+    group_runs,
+)
 
 DEFAULT_TITLE = "Facial-expression recognition: model comparison"
 SYNTHETIC_LABEL = "SYNTHETIC demo data: these numbers say nothing about real faces"
@@ -181,6 +191,7 @@ def _dataset_section(group: Sequence[RunRecord], figures: _Figures, chart_name: 
     )
     lines += [f"### Comparison on {name}", ""]
     lines += _comparison_table(group, figures, chart_name, title, with_dataset=False)
+    lines += _per_class(group_runs(group), name)
     lines += [f"### Conclusions on {name}", "", "Computed from the numbers above and the run folders.", ""]
     lines += conclusions(group) + [""]
     return lines
@@ -208,14 +219,20 @@ def _comparison_across_datasets(runs: Sequence[RunRecord], figures: _Figures) ->
 def _comparison_table(
     runs: Sequence[RunRecord], figures: _Figures, chart_name: str, title: str, *, with_dataset: bool
 ) -> list[str]:
-    """The table of ``runs`` (best macro-F1 first) and their chart ``figures/<chart_name>``."""
-    lines = ["Validation metrics of the selected (best) checkpoint, best macro-F1 first.", ""]
+    """The table of ``runs`` (one row per configuration, best mean macro-F1 first) and their chart."""
+    groups = group_runs(runs)
+    lines = [
+        "Validation metrics of the selected (best) checkpoint, best macro-F1 first; repeated runs of one "
+        "configuration share a row.",
+        "",
+    ]
     header = [
         "model",
         "run",
         *(["dataset"] if with_dataset else []),
         "pretrained",
         "mode",
+        "n seeds",
         "best epoch / run",
         "val acc",
         "top-2",
@@ -223,39 +240,104 @@ def _comparison_table(
         "weighted-F1",
         "loss",
         "ECE",
+        "acc 95% CI",
+        "macro-F1 95% CI",
         "params M (total / trainable)",
         "train s",
         "train img/s",
         "latency ms/img (CPU, bs 1)",
         "image size",
     ]
-    rows = [
-        [
-            r.model,
-            f"`{r.run_id}`",
+    rows = []
+    for g in groups:
+        r = g.best_run
+        rows.append([
+            g.label if g.n > 1 else r.model,
+            ", ".join(f"`{run.run_id}`" for run in g.runs),
             *([r.dataset.name + (" (SYNTHETIC)" if r.synthetic else "")] if with_dataset else []),
             r.pretrained,
             r.mode,
-            f"{r.best_epoch if r.best_epoch is not None else 'n/a'} / {r.epochs_run or 'n/a'}",
-            *(_f(r.score(m)) for m in METRICS),
+            g.n,
+            ", ".join(str(_or_na(run.best_epoch)) for run in g.runs) + f" / {r.epochs_run or 'n/a'}",
+            *(_mean_std(g, m) for m in METRICS),
+            *(_interval(g.ci(m)) for m in CI_METRICS),
             _params(r),
-            _f(r.train_seconds, 1),
-            _f(r.train_images_per_s, 1),
-            _f(r.latency_ms_per_image, 1),
+            _f(g.mean_of("train_seconds"), 1),
+            _f(g.mean_of("train_images_per_s"), 1),
+            _f(g.mean_of("latency_ms_per_image"), 1),
             "n/a" if r.image_size is None else f"{r.image_size}x{r.image_size}",
-        ]
-        for r in runs
-    ]
+        ])
     lines += _table(header, rows) + [""]
+    lines += _statistics_note(groups)
     chart = figures.root / chart_name
     plots.plot_model_comparison(
-        [{"model": r.label, **{m: r.score(m) for m in CHART_METRICS}} for r in runs],
+        [{"model": g.label, **{m: g.mean(m) for m in CHART_METRICS}} for g in groups],
         CHART_METRICS,
         chart,
         title=title,
     )
     lines += [f"![model comparison]({_link(chart, figures.report_dir)})", ""]
     return lines
+
+
+def _mean_std(group: RunGroup, metric: str) -> str:
+    """``0.750`` for one run, ``0.750 ± 0.012`` (mean ± sample std) for repeated runs."""
+    std = group.std(metric)
+    return _f(group.mean(metric)) if std is None else f"{group.mean(metric):.3f} ± {std:.3f}"
+
+
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "n/a" if ci is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def _statistics_note(groups: Sequence[RunGroup]) -> list[str]:
+    """How the spread and the intervals in the table were computed."""
+    lines = [
+        f"n seeds: runs of one configuration (the same config.yaml except {', '.join(IGNORED_KEYS)} and "
+        "wandb.*); for n > 1 every metric is the mean ± sample std (ddof 1) over those runs. "
+        f"95% CI: percentile bootstrap over the validation images ({BOOTSTRAP_RESAMPLES} resamples, seed "
+        f"{BOOTSTRAP_SEED}, so the report is deterministic); each resample scores every run of the row on the "
+        "same drawn images and averages the runs (per run, then averaged; not pooled). It shows how much "
+        "the score depends on which images happen to be in the validation set."
+    ]
+    missing = [g for g in groups if g.ci("acc") is None]
+    if missing:
+        lines[0] += (
+            " n/a: no per-image validation predictions (val_predictions.npz) in every run of the row, "
+            "e.g. runs trained before they were saved."
+        )
+    return lines + [""]
+
+
+def _per_class(groups: Sequence[RunGroup], name: str) -> list[str]:
+    """Per-class validation F1 of each configuration (mean over its runs), with the class's image count."""
+    with_classes = [g for g in groups if any(r.per_class for r in g.runs)]
+    if not with_classes:
+        return []
+    order = list(with_classes[0].best_run.class_names or [])
+    present = {c for g in with_classes for r in g.runs for c in (r.per_class or {})}
+    classes = [c for c in order if c in present] + sorted(present - set(order))
+    rows = []
+    for cls in classes:
+        supports = sorted({int(r.per_class[cls]["support"]) for g in with_classes for r in g.runs if cls in (r.per_class or {})})
+        row: list[Any] = [cls, " / ".join(str(s) for s in supports)]
+        for g in with_classes:
+            f1s = [float(r.per_class[cls]["f1"]) for r in g.runs if cls in (r.per_class or {})]
+            if not f1s:
+                row.append("-")
+            elif len(f1s) == 1:
+                row.append(_f(f1s[0]))
+            else:
+                row.append(f"{sum(f1s) / len(f1s):.3f} ± {float(np.std(f1s, ddof=1)):.3f}")
+        rows.append(row)
+    lines = [
+        f"### Per-class F1 on {name}",
+        "",
+        "Validation F1 per class of the selected checkpoint (mean ± sample std over the seeds of repeated "
+        "runs) and the number of validation images of the class.",
+        "",
+    ]
+    return lines + _table(["class", "val images", *(g.label for g in with_classes)], rows) + [""]
 
 
 def _chart_names(groups: Sequence[Sequence[RunRecord]]) -> list[str]:

@@ -3,6 +3,7 @@
 ```
 runs/<run-id>/
   config.yaml  history.csv  summary.json  best.pt  last.pt  classification_report.txt
+  per_class.json  confusion_counts.json  val_predictions.npz
   figures/  predictions/<mode>/  evaluations/<name>/
 ```
 Files are written atomically (temp file + rename), so an interrupted run never leaves a
@@ -20,6 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 HISTORY_COLUMNS = (
@@ -113,6 +115,16 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
+def write_npz(path: Path, **arrays: Any) -> None:
+    """Arrays in one compressed ``.npz`` file, written atomically like every other run file."""
+
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as fh:
+            np.savez_compressed(fh, **arrays)
+
+    _atomic_write(path, write)
+
+
 def new_run_id(model_name: str, parent: Path) -> str:
     """``<model>-<YYYYmmdd-HHMMSS>``, with a numeric suffix if that folder exists."""
     base = f"{model_name.replace('/', '-')}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -156,6 +168,7 @@ class RunFolder:
     figures = property(lambda self: self.path / "figures")
     predictions = property(lambda self: self.path / "predictions")
     evaluations = property(lambda self: self.path / "evaluations")
+    val_predictions = property(lambda self: self.path / "val_predictions.npz")
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
