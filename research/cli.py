@@ -141,12 +141,18 @@ def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] |
     if args.print_config:
         _print(to_yaml(cfg))
         return 0
+    from research.engine.distributed import Distributed
     from research.predict import new_images_step
     from research.train import train
 
+    main_process = Distributed.from_env().is_main
+    if not main_process:  # under torchrun rank 0 speaks for the run; the others report only problems
+        log.setLevel(logging.WARNING)
     command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
     after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
-    _print(train(cfg, command=command, after_fit=after_fit).run_dir)
+    summary = train(cfg, command=command, after_fit=after_fit)
+    if main_process:
+        _print(summary.run_dir)
     return 0
 
 
