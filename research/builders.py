@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 from torch import nn
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
-from research.config import augment_params
+from research.config import ConfigError, augment_params
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle
 from research.data.transforms import build_eval_transform, build_train_transform
@@ -27,6 +27,10 @@ from research.models import create_model
 from research.models.classifier import FERClassifier
 
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
+DISTRIBUTED_BALANCED = (
+    "data.sampler=balanced is not available with several processes (torchrun); use data.sampler=shuffle "
+    "with train.class_weighting=sqrt or balanced to weight rare classes instead"
+)
 
 
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
@@ -62,13 +66,30 @@ def train_transform(cfg: DictConfig, mean, std) -> A.Compose:
     )
 
 
-def build_loaders(bundle: DataBundle, cfg: DictConfig, *, seed: int) -> tuple[DataLoader, DataLoader]:
-    data_cfg = cfg.data
-    generator = torch.Generator().manual_seed(seed)
-    common = dict(
+def _loader_options(data_cfg: DictConfig) -> dict:
+    return dict(
         batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers, pin_memory=torch.cuda.is_available(),
         worker_init_fn=seed_worker if data_cfg.num_workers else None, persistent_workers=False,
     )
+
+
+def build_loaders(
+    bundle: DataBundle, cfg: DictConfig, *, seed: int, rank: int = 0, world_size: int = 1
+) -> tuple[DataLoader, DataLoader]:
+    """Train and validation loaders; with ``world_size > 1`` each holds rank ``rank``'s shard of its set
+    (a :class:`DistributedSampler` seeded with ``seed``, the trainer calls ``set_epoch``)."""
+    data_cfg = cfg.data
+    generator = torch.Generator().manual_seed(seed)
+    common = _loader_options(data_cfg)
+    if world_size > 1:
+        if data_cfg.sampler == "balanced":
+            raise ConfigError(DISTRIBUTED_BALANCED)
+        train_sampler = DistributedSampler(bundle.train, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+        val_sampler = DistributedSampler(bundle.val, num_replicas=world_size, rank=rank, shuffle=False)
+        return (
+            DataLoader(bundle.train, sampler=train_sampler, generator=generator, **common),
+            DataLoader(bundle.val, sampler=val_sampler, **common),
+        )
     if data_cfg.sampler == "balanced":
         counts = np.bincount(bundle.train.targets, minlength=len(CANONICAL_CLASSES)).astype(float)
         weights = [1.0 / counts[t] for t in bundle.train.targets]
@@ -76,8 +97,12 @@ def build_loaders(bundle: DataBundle, cfg: DictConfig, *, seed: int) -> tuple[Da
         train_loader = DataLoader(bundle.train, sampler=sampler, drop_last=False, **common)
     else:
         train_loader = DataLoader(bundle.train, shuffle=True, generator=generator, **common)
-    val_loader = DataLoader(bundle.val, shuffle=False, **common)
-    return train_loader, val_loader
+    return train_loader, build_eval_loader(bundle.val, cfg)
+
+
+def build_eval_loader(dataset: Dataset, cfg: DictConfig) -> DataLoader:
+    """The whole of ``dataset`` in order, in one process (validation; the final evaluation under torchrun)."""
+    return DataLoader(dataset, shuffle=False, **_loader_options(cfg.data))
 
 
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:

@@ -147,17 +147,23 @@ def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] |
     if args.print_config:
         _print(to_yaml(cfg))
         return 0
+    from research.engine.distributed import Distributed
     from research.predict import new_images_step
     from research.train import train, train_seeds
 
+    main_process = Distributed.from_env().is_main
+    if not main_process:  # under torchrun rank 0 speaks for the run; the others report only problems
+        log.setLevel(logging.WARNING)
     command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
     after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
     if args.seeds is None:
-        _print(train(cfg, command=command, after_fit=after_fit).run_dir)
+        summary = train(cfg, command=command, after_fit=after_fit)
+        if main_process:
+            _print(summary.run_dir)
         return 0
     results = train_seeds(cfg, args.seeds, command=command, after_fit=after_fit)
     for result in results:
-        if result.run_dir.exists():
+        if result.run_dir.exists() and main_process:
             _print(result.run_dir)
     failed = [r for r in results if r.error is not None]
     if failed:

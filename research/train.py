@@ -28,6 +28,7 @@ from research import builders
 from research.config import ConfigError, check_inputs, flatten, to_yaml, validate
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import load_datasets
+from research.engine.distributed import Distributed
 from research.engine.trainer import (
     EpochOutput,
     Trainer,
@@ -68,25 +69,34 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device: torch.device) -> dict[str, Any]:
-    return {
+def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
+    env = {
         "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
     }
+    if processes > 1:
+        env["processes"] = processes
+    return env
 
 
-def open_run_folder(cfg: DictConfig) -> tuple[RunFolder, dict[str, Any] | None]:
+def open_run_folder(cfg: DictConfig, distributed: Distributed | None = None) -> tuple[RunFolder, dict[str, Any] | None]:
     """The run folder and, with ``run.resume``, the checkpoint to continue from.
 
     A folder of the same name that holds no completed epoch (a start that failed before its
     first checkpoint) is cleared and reused, so a retry under the same ``run.name`` just works.
+    Under torchrun rank 0 chooses (and checks) the new folder and every rank gets its name.
     """
     if cfg.run.resume:
         run = RunFolder.open(cfg.run.resume)
         ckpt = read_checkpoint(run.last_path, summary=run.summary_path)
         log.info("resuming %s from epoch %d", run.path, ckpt["trainer"]["epoch"])
         return run, ckpt
+    return RunFolder((distributed or Distributed()).on_main(lambda: new_run_path(cfg))), None
+
+
+def new_run_path(cfg: DictConfig) -> Path:
+    """Where a new run goes: ``run.dir/run.name`` (or a fresh id); an existing finished run there is refused."""
     parent = Path(cfg.run.dir)
     run = RunFolder(parent / (cfg.run.name or new_run_id(cfg.model.name, parent)))
     if run.path.is_file():
@@ -98,7 +108,7 @@ def open_run_folder(cfg: DictConfig) -> tuple[RunFolder, dict[str, Any] | None]:
             )
         log.info("run folder %s holds no completed epoch (an earlier start failed); starting it afresh", run.path)
         shutil.rmtree(run.path)
-    return run, None
+    return run.path
 
 
 def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> Evaluation:
@@ -158,13 +168,35 @@ def train(
     stops the run there (the sweep runner's hyperband early termination).
     ``after_fit(run, wandb_run)`` runs once the run is finished and summarised, before its
     W&B run closes (``research.predict.new_images_step`` scores new images there).
+
+    Started by ``torchrun`` with several processes, every rank trains its shard of the data through
+    DistributedDataParallel; rank 0 alone writes the run folder, talks to W&B, runs the final
+    evaluation and ``after_fit``, and every rank returns rank 0's summary.
     """
     check_inputs(cfg)
+    distributed = Distributed.from_env()
+    if distributed.enabled and cfg.data.sampler == "balanced":
+        raise ConfigError(builders.DISTRIBUTED_BALANCED)
     seed_everything(cfg.run.seed, deterministic=cfg.train.deterministic)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = resolve_device(cfg.train.device)
-    run, resume_ckpt = open_run_folder(cfg)
+    device = distributed.start(resolve_device(cfg.train.device))
+    try:
+        return _train(cfg, distributed, device, command=command, on_epoch=on_epoch, after_fit=after_fit)
+    finally:
+        distributed.stop()
+
+
+def _train(
+    cfg: DictConfig,
+    distributed: Distributed,
+    device: torch.device,
+    *,
+    command: str | None,
+    on_epoch: Callable[[dict[str, float]], bool] | None,
+    after_fit: AfterFit | None,
+) -> RunSummary:
+    run, resume_ckpt = open_run_folder(cfg, distributed)
     model = builders.build_model(cfg)
     mean, std = builders.normalization(cfg, model)
     bundle = load_datasets(
@@ -173,12 +205,17 @@ def train(
         demo_scale=cfg.data.demo_scale, seed=cfg.run.seed,
     )
     # The folder is made only now: nothing before this point leaves anything behind.
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.write_text("config.yaml", to_yaml(cfg))
+    if distributed.is_main:
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.write_text("config.yaml", to_yaml(cfg))
     label = SYNTHETIC_DATASET if bundle.synthetic else bundle.name
     bundle.train.transform = builders.train_transform(cfg, mean, std)
     bundle.val.transform = builders.eval_transform(cfg, mean, std)
-    train_loader, val_loader = builders.build_loaders(bundle, cfg, seed=cfg.run.seed)
+    train_loader, val_loader = builders.build_loaders(
+        bundle, cfg, seed=cfg.run.seed, rank=distributed.rank, world_size=distributed.world_size
+    )
+    # The final evaluation scores the whole validation set in one process (rank 0).
+    final_loader = builders.build_eval_loader(bundle.val, cfg) if distributed.enabled else val_loader
 
     optimizer = builders.build_optimizer(model, cfg.optim)
     scheduler, interval = builders.build_scheduler(
@@ -195,7 +232,7 @@ def train(
         pretrained=model.pretrained_source, mode=cfg.model.mode, class_names=list(CANONICAL_CLASSES),
         params_total=total, params_trainable=trainable, seed=cfg.run.seed, git_commit=git_commit(),
         command=command or " ".join(sys.argv), created=datetime.now().isoformat(timespec="seconds"),
-        env=environment(device), image_size=cfg.data.image_size, channels=cfg.data.channels,
+        env=environment(device, distributed.world_size), image_size=cfg.data.image_size, channels=cfg.data.channels,
         epochs_planned=cfg.train.epochs, monitor=cfg.train.monitor, run_dir=str(run.path),
     )
     wandb_run = WandbRun(
@@ -203,6 +240,7 @@ def train(
         entity=cfg.wandb.entity, group=cfg.wandb.group, tags=[*cfg.wandb.tags, cfg.model.name, label],
         wandb_dir=cfg.wandb.dir, resume=resume_ckpt is not None, init_timeout=cfg.wandb.init_timeout,
         history=resume_ckpt["trainer"]["history"] if resume_ckpt is not None else (),
+        enabled=distributed.is_main,
     )
     checkpoint_meta = {
         "config": OmegaConf.to_container(cfg), "class_names": list(CANONICAL_CLASSES), "model_name": cfg.model.name,
@@ -215,16 +253,22 @@ def train(
         run.save_checkpoint(run.path / f"{name}.pt", {**state, **checkpoint_meta})
 
     def on_epoch_end(row: dict[str, float], _: EpochOutput) -> bool:
-        run.write_history(trainer.state.history)
-        wandb_run.log_epoch(row)
-        return bool(on_epoch(row)) if on_epoch is not None else False
+        """Rank 0 records the epoch and asks the callback; every rank gets its decision to stop."""
+
+        def record() -> bool:
+            run.write_history(trainer.state.history)
+            wandb_run.log_epoch(row)
+            return bool(on_epoch(row)) if on_epoch is not None else False
+
+        return distributed.on_main(record)
 
     trainer = Trainer(
         model, optimizer=optimizer, loss_fn=builders.build_loss(cfg.train, bundle.train.class_counts), device=device,
         epochs=cfg.train.epochs, scheduler=scheduler, scheduler_interval=interval, grad_clip=cfg.train.grad_clip,
         amp=cfg.train.amp, channels_last=cfg.train.channels_last, monitor=cfg.train.monitor,
         patience=cfg.train.early_stopping_patience, unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
-        seed=cfg.run.seed, checkpoint_fn=save, on_epoch_end=on_epoch_end,
+        seed=cfg.run.seed, checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
+        distributed=distributed, progress=None if distributed.is_main else False,
     )
     if resume_ckpt is not None:
         trainer.load_checkpoint(resume_ckpt)
@@ -236,14 +280,28 @@ def train(
     start = time.perf_counter()
     try:
         trainer.fit(train_loader, val_loader)
-        evaluation = write_final_evaluation(run, trainer, val_loader, label=label, wandb_run=wandb_run)
+        evaluation = distributed.on_main(
+            lambda: write_final_evaluation(run, trainer, final_loader, label=label, wandb_run=wandb_run)
+        )
     except KeyboardInterrupt:
-        _record_end(run, summary, INTERRUPTED, trainer, wandb_run, exit_code=130)
-        log.warning("interrupted after %d completed epoch(s); last.pt holds them. Resume: poetry run train run.resume=%s", trainer.state.epoch, run.path)
+        if distributed.is_main:
+            _record_end(run, summary, INTERRUPTED, trainer, wandb_run, exit_code=130)
+            log.warning("interrupted after %d completed epoch(s); last.pt holds them. Resume: poetry run train run.resume=%s", trainer.state.epoch, run.path)
         raise
     except BaseException as err:
-        _record_end(run, summary, FAILED, trainer, wandb_run, exit_code=1, error=f"{type(err).__name__}: {err}")
+        if distributed.is_main:
+            _record_end(run, summary, FAILED, trainer, wandb_run, exit_code=1, error=f"{type(err).__name__}: {err}")
         raise
+    return distributed.on_main(
+        lambda: _conclude(cfg, run, summary, trainer, evaluation, wandb_run, label=label, start=start, after_fit=after_fit)
+    )
+
+
+def _conclude(
+    cfg: DictConfig, run: RunFolder, summary: RunSummary, trainer: Trainer, evaluation: Evaluation,
+    wandb_run: WandbRun, *, label: str, start: float, after_fit: AfterFit | None,
+) -> RunSummary:
+    """Fill in and write the summary of a finished run, run ``after_fit`` and close its W&B run (rank 0)."""
     state = trainer.state
     best_row = next(r for r in state.history if r["epoch"] == state.best_epoch)
     last_row = state.history[-1]

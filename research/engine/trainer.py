@@ -26,6 +26,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from research.engine.distributed import Distributed
 from research.engine.metrics import compute_metrics
 from research.models.classifier import FERClassifier
 
@@ -121,6 +122,7 @@ class Trainer:
         checkpoint_fn: Callable[[str, dict[str, Any]], None] | None = None,
         on_epoch_end: Callable[[dict[str, float], EpochOutput], bool | None] | None = None,
         progress: bool | None = None,
+        distributed: Distributed | None = None,
     ) -> None:
         self.device = device
         self.model = model.to(device)
@@ -128,6 +130,8 @@ class Trainer:
         self.channels_last = channels_last and self.cuda
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.dist = distributed or Distributed()
+        self.net: nn.Module = self.model  # what the steps call: the model, or its DDP wrapper during fit
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.scheduler_interval = scheduler_interval
@@ -156,10 +160,10 @@ class Trainer:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            logits = self.model(images)
+            logits = self.net(images)
             loss = self.loss_fn(logits.float(), targets)
         if train:
-            if not torch.isfinite(loss):
+            if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank stops, not only the one that saw it
                 raise NonFiniteLossError(
                     f"training loss became {loss.item()} at epoch {self.state.epoch + 1}. Lower optim.lr "
                     f"(now {self.optimizer.param_groups[0]['lr']:.2e}), set train.grad_clip=1.0, or check the "
@@ -177,25 +181,37 @@ class Trainer:
         return loss.detach(), logits.detach()
 
     def run_epoch(self, loader: DataLoader, *, train: bool, desc: str = "") -> EpochOutput:
-        """One pass over ``loader``; metrics over all of its predictions."""
-        self.model.train(train)
+        """One pass over ``loader``; metrics over all of its predictions (of every rank's shard)."""
+        self.net.train(train)
         all_logits, all_targets = [], []
         loss_sum, seen = 0.0, 0
+        shard = self.dist.shard(loader)
+        done = 0  # samples of this rank's shard passed so far
         start = time.perf_counter()
         bar = tqdm(loader, desc=desc, leave=False, disable=not self.progress, unit="batch")
         with torch.set_grad_enabled(train):
             for images, targets in bar:
                 loss, logits = self.step(images, targets, train=train)
+                if shard is not None:
+                    real = torch.from_numpy(shard.real[done : done + len(targets)])
+                    done += len(targets)
+                    if not real.all():  # the sampler's repeated samples: trained on, not counted
+                        logits, targets = logits[real.to(logits.device)], targets[real]
+                        loss = self.loss_fn(logits.float(), targets.to(self.device)).detach() if len(targets) else loss
                 batch = targets.shape[0]
                 loss_sum += loss.item() * batch
                 seen += batch
                 all_logits.append(logits.float().cpu())
                 all_targets.append(targets.cpu())
                 if self.progress:
-                    bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+                    bar.set_postfix(loss=f"{loss_sum / max(seen, 1):.3f}")
         seconds = time.perf_counter() - start
         logits_np = torch.cat(all_logits).numpy()
         targets_np = torch.cat(all_targets).numpy()
+        if shard is not None:
+            logits_np, targets_np, loss_sum, seen = self.dist.gather_epoch(
+                shard.indices[shard.real], logits_np, targets_np, loss_sum, seen
+            )
         if not math.isfinite(loss_sum):
             raise NonFiniteLossError(f"{desc or 'evaluation'} loss is {loss_sum}: the model outputs are not finite")
         metrics = compute_metrics(logits_np, targets_np, loss=loss_sum / max(seen, 1), num_classes=logits_np.shape[1])
@@ -210,7 +226,8 @@ class Trainer:
 
     # --- the loop --------------------------------------------------------------------
     def _reseed(self, loader: DataLoader, epoch: int) -> None:
-        seed = epoch_seed(self.seed, epoch)
+        # Each rank draws its own augmentations and dropout; the distributed sampler shuffles by (seed, epoch).
+        seed = epoch_seed(self.seed, epoch) + self.dist.rank
         random.seed(seed)
         np.random.seed(seed)
         torch.manual_seed(seed)
@@ -220,6 +237,8 @@ class Trainer:
         sampler_generator = getattr(loader.sampler, "generator", None)
         if sampler_generator is not None:
             sampler_generator.manual_seed(seed)
+        if hasattr(loader.sampler, "set_epoch"):
+            loader.sampler.set_epoch(epoch)
         transform = getattr(loader.dataset, "transform", None)
         if hasattr(transform, "set_random_seed"):
             transform.set_random_seed(seed)
@@ -240,10 +259,12 @@ class Trainer:
             range(state.epoch, self.epochs), desc="epochs", disable=not self.progress,
             initial=state.epoch, total=self.epochs, unit="epoch",
         )
+        self.net = self.dist.wrap(self.model, self.device)
         for epoch in epochs:
             if self.unfreeze_epoch and epoch == self.unfreeze_epoch and self.model.frozen:
                 log.info("epoch %d: unfreezing the backbone (model.unfreeze_epoch)", epoch + 1)
                 self.model.unfreeze()
+                self.net = self.dist.wrap(self.model, self.device)  # DDP syncs the parameters trainable when wrapped
             self._reseed(train_loader, epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             train_out = self.train_one_epoch(train_loader)
@@ -286,6 +307,7 @@ class Trainer:
                 log.info("early stopping: %s has not improved for %d epochs", self.monitor, self.patience)
                 state.stopped_by = "early_stopping"
                 break
+        self.net = self.model  # later forward passes (final evaluation on rank 0) need no other rank
         return state.history
 
     # --- checkpoints -----------------------------------------------------------------

@@ -68,14 +68,16 @@ class WandbRun:
         resume: bool = False,
         init_timeout: float = 20.0,
         history: Sequence[Mapping[str, float]] = (),
+        enabled: bool = True,
     ) -> None:
         """``history``: epochs a resumed run already completed. Offline, a resumed run is recorded
         afresh with those epochs replayed first and the earlier partial records moved to
-        ``wandb/superseded/``, so ``wandb sync`` uploads one run holding every epoch once."""
+        ``wandb/superseded/``, so ``wandb sync`` uploads one run holding every epoch once.
+        ``enabled=False`` means disabled whatever ``mode`` and ``WANDB_MODE`` say (ranks other than 0)."""
         import wandb
 
         self._wandb = wandb
-        self.mode = resolve_mode(mode)
+        self.mode = resolve_mode(mode) if enabled else "disabled"
         self.run = None
         self._staging = _StagingDir(None)
         if self.mode == "disabled":
