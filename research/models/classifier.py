@@ -9,6 +9,7 @@ from torch import Tensor, nn
 # ImageNet statistics: pretrained torchvision/timm backbones expect inputs normalised with these.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+HEAD_INIT_STD = 0.001  # std of a new head's weights on a backbone (see FERClassifier._init_new_head)
 
 
 class FERClassifier(nn.Module):
@@ -27,6 +28,7 @@ class FERClassifier(nn.Module):
         mean: Sequence[float],
         std: Sequence[float],
         pretrained_source: str = "none",
+        init_head: bool = True,
     ) -> None:
         super().__init__()
         self.net = net
@@ -35,15 +37,17 @@ class FERClassifier(nn.Module):
         self.std = tuple(float(s) for s in std)
         self.pretrained_source = pretrained_source
         self.frozen = False
-        self._zero_init_head()
+        if init_head:
+            self._init_new_head()
 
-    def _zero_init_head(self) -> None:
-        """A new head starts at a uniform prediction (loss ln C), whatever the backbone's feature scale:
-        timm's tf_efficientnet_lite0 head, initialised the usual way, started at logit std 3 and a
-        loss of 4.0 on 7 classes, and its first epochs were spent undoing that."""
+    def _init_new_head(self) -> None:
+        """A new head starts near a uniform prediction (loss about ln C), whatever the backbone's feature
+        scale: timm's tf_efficientnet_lite0 head, initialised the usual way, started at logit std 3 and a
+        loss of 4.0 on 7 classes, and its first epochs were spent undoing that. Small random weights
+        (std ``HEAD_INIT_STD``), not zeros, so the backbone gets gradients from the first step."""
         linears = [m for n, m in self.net.named_modules() if self._is_head(n) and isinstance(m, nn.Linear)]
         if linears:
-            nn.init.zeros_(linears[-1].weight)
+            nn.init.normal_(linears[-1].weight, std=HEAD_INIT_STD)
             if linears[-1].bias is not None:
                 nn.init.zeros_(linears[-1].bias)
 
