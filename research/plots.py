@@ -2,7 +2,9 @@
 
 Every ``plot_*`` function writes one PNG, closes its figure (so long sweeps don't leak
 memory) and returns the path. The Agg backend is selected before pyplot is imported so
-plotting works on headless machines and in worker processes.
+plotting works on headless machines and in worker processes. seaborn and pandas (with
+scipy behind seaborn, about 2 s of imports together) are imported by the functions that use
+them, so ``predict``, which draws only prediction panels, does not load them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -18,8 +21,6 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -27,6 +28,9 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from research.engine.metrics import expected_calibration_error, reliability_bins  # noqa: E402
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +63,8 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _history_frame(history: Sequence[Mapping[str, float]] | pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     frame = history.copy() if isinstance(history, pd.DataFrame) else pd.DataFrame(list(history))
     if frame.empty:
         raise ValueError("history is empty: nothing to plot")
@@ -196,6 +202,8 @@ def draw_confusion(
         raise ValueError(
             f"matrix shape {matrix.shape} does not match {len(class_names)} class names"
         )
+    import seaborn as sns
+
     if normalized:
         data, fmt, vmin, vmax = matrix.astype(float), ".2f", 0.0, 1.0
     else:
@@ -476,6 +484,8 @@ def plot_model_comparison(
     fig, ax = plt.subplots(
         figsize=(max(6.0, 1.1 * len(metric_keys) * max(n_models, 2) / 2 + 3), 4.5)
     )
+    import seaborn as sns
+
     palette = sns.color_palette("colorblind", n_models)
     for i, (model, row) in enumerate(zip(models, rows, strict=True)):
         values = np.array(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -100,3 +103,17 @@ def test_real_new_images(trained_run, tmp_path):
     result = predict_folder(trained_run, SHARED_DATA / "new-images", face="both", out=tmp_path / "real")
     assert len(result["modes"]["raw"]) == 14 and len(result["modes"]["haar"]) == 14
     assert all(r["true"] is not None for r in result["modes"]["raw"])
+
+
+def test_predict_loads_no_unused_heavy_module(tmp_path):
+    """``predict --wandb disabled`` imports neither W&B nor the plotting/metrics libraries it does not use."""
+    script = (
+        "import sys; from pathlib import Path; import research.cli, research.predict\n"
+        "from research.tracking.wandb_log import WandbRun\n"
+        f"run = WandbRun(run_id='x', run_dir=Path({str(tmp_path)!r}), config={{}}, mode='disabled')\n"
+        "assert not run.enabled\n"
+        "print(','.join(m for m in ('wandb', 'seaborn', 'pandas', 'sklearn') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MODE")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == ""

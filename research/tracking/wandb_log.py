@@ -70,13 +70,14 @@ class WandbRun:
         """``history``: epochs a resumed run already completed. Offline, a resumed run is recorded
         afresh with those epochs replayed first and the earlier partial records moved to
         ``wandb/superseded/``, so ``wandb sync`` uploads one run holding every epoch once."""
+        self.mode = resolve_mode(mode)
+        self.run = None
+        self._wandb = None
+        if self.mode == "disabled":
+            return  # before `import wandb`: it takes about a second and a disabled run never needs it
         import wandb
 
         self._wandb = wandb
-        self.mode = resolve_mode(mode)
-        self.run = None
-        if self.mode == "disabled":
-            return
         directory = Path(wandb_dir) if wandb_dir else Path(run_dir)
         directory.mkdir(parents=True, exist_ok=True)
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
