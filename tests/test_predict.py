@@ -17,6 +17,7 @@ from research.data.datasets import load_datasets
 from research.inference import load_run, predict_arrays
 from research.predict import predict_folder, read_new_images
 from tests.conftest import SHARED_DATA
+from tests.test_plots import crop_panel_text_lines
 
 
 @pytest.fixture()
@@ -103,6 +104,20 @@ def test_real_new_images(trained_run, tmp_path):
     result = predict_folder(trained_run, SHARED_DATA / "new-images", face="both", out=tmp_path / "real")
     assert len(result["modes"]["raw"]) == 14 and len(result["modes"]["haar"]) == 14
     assert all(r["true"] is not None for r in result["modes"]["raw"])
+
+
+def test_raw_panels_say_no_detection_ran_and_haar_panels_say_no_face(trained_run, photo_folder, tmp_path):
+    """Read back from the PNGs: the crop panel of the faceless photo has 3 lines in raw mode
+    ("raw mode: / no face detection, / whole image scored") and 1 in haar mode ("no face found")."""
+    result = predict_folder(trained_run, photo_folder, face="both", out=tmp_path / "out")
+    panel = {
+        (r["mode"], r["image"]): tmp_path / "out" / r["mode"] / r["panel"]
+        for records in result["modes"].values() for r in records
+    }
+    assert crop_panel_text_lines(panel["raw", "anger_2.png"]) == 3
+    assert crop_panel_text_lines(panel["haar", "anger_2.png"]) == 1
+    assert crop_panel_text_lines(panel["raw", "happiness_1.jpg"]) == 3
+    assert crop_panel_text_lines(panel["haar", "happiness_1.jpg"]) == 0  # the face crop is shown
 
 
 def test_predict_loads_no_unused_heavy_module(tmp_path):
