@@ -105,6 +105,7 @@ def predict_images(
         return []
     probs, tensors = predict_arrays(loaded, inputs)
     names = loaded.class_names
+    panels = plots.PredictionPanels()
     records = []
     for (item, crop), p, tensor in zip(meta, probs, tensors, strict=True):
         scores = {c: float(v) for c, v in zip(names, p, strict=True)}
@@ -112,11 +113,11 @@ def predict_images(
         face_found = None if crop is None else crop.found
         note = "no face found: whole image used" if crop is not None and crop.fallback else ""
         model_input = plots.denormalize(tensor, loaded.mean, loaded.std)
-        panel = plots.plot_prediction_panel(
+        panel = panels.save(
+            out_dir / "panels" / f"{_safe_stem(item.name)}.png",
             name=f"{item.name} [{mode}]", original=item.image, box=None if crop is None else crop.box,
             crop=None if crop is None else (crop.image if crop.found else None), model_input=model_input,
-            scores=scores, winner=winner, true_label=item.true, path=out_dir / "panels" / f"{_safe_stem(item.name)}.png",
-            note=note, detection_run=mode == "haar",
+            scores=scores, winner=winner, true_label=item.true, note=note, detection_run=mode == "haar",
         )
         records.append(
             {

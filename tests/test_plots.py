@@ -9,10 +9,34 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from matplotlib.text import Text
 from PIL import Image
 
 from research import plots
 from research.data.classes import CANONICAL_CLASSES
+
+RAW_MODE_TEXT = "raw mode:\nno face detection,\nwhole image scored"
+CROP_GREY = 235  # the empty crop panel's face colour, "0.92"
+
+
+def crop_panel_text_lines(path: Path) -> int:
+    """Lines of dark text inside the empty (grey) crop panel of a saved prediction panel; 0 without one.
+
+    The crop panel is the second of the four axes; it is found in the PNG as the rows where most of
+    that column range is the grey face colour, so the count is of what was drawn, wherever it is.
+    """
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("L")).astype(int)
+    width = pixels.shape[1]
+    left, _, crop_w, _ = plots._panel_rects(*plots.PANEL_SIZE, note=False)[1]
+    columns = pixels[:, round(left * width) + 5 : round((left + crop_w) * width) - 5]
+    grey_rows = np.flatnonzero((np.abs(columns - CROP_GREY) <= 1).mean(axis=1) > 0.5)
+    if grey_rows.size == 0:
+        return 0
+    inside = columns[grey_rows.min() : grey_rows.max() + 1]
+    dark_rows = (inside < 100).any(axis=1)
+    # A line of text is a run of rows holding dark pixels.
+    return int(np.count_nonzero(dark_rows[1:] & ~dark_rows[:-1]) + dark_rows[0])
 
 
 def assert_png(path: Path, min_side: int = 200) -> tuple[int, int]:
@@ -184,3 +208,79 @@ def test_denormalize_round_trip() -> None:
     assert gray.shape == (4, 4) and gray.max() == 1.0
     with pytest.raises(ValueError):
         plots.denormalize(np.zeros((3, 4, 4)), [0.5, 0.5], [0.5, 0.5])
+
+
+def drawn_texts(fig) -> list[str]:
+    return [t.get_text() for t in fig.findobj(Text) if t.get_text()]
+
+
+@pytest.mark.parametrize(
+    ("mode", "with_face", "crop_text", "crop_title", "lines"),
+    [
+        ("raw", False, RAW_MODE_TEXT, "face crop (not used)", 3),
+        ("haar", False, "no face found", "face crop", 1),
+        ("haar", True, None, "face crop", 0),
+    ],
+)
+def test_prediction_panel_says_what_the_mode_did(
+    tmp_path: Path, mode: str, with_face: bool, crop_text: str | None, crop_title: str, lines: int
+) -> None:
+    kwargs = panel_kwargs(tmp_path, f"img [{mode}]")
+    path = kwargs.pop("path")
+    panels = plots.PredictionPanels()
+    box, crop = ((40, 20, 60, 60), kwargs["original"][20:80, 40:100]) if with_face else (None, None)
+    panel = dict(box=box, crop=crop, true_label="anger", detection_run=mode == "haar", **kwargs)
+
+    texts = drawn_texts(panels.draw(**panel))
+    assert panels.axes[1].get_title() == crop_title
+    if crop_text is not None:
+        assert crop_text in texts
+    assert not any("no face found" in t for t in texts) if mode == "raw" else RAW_MODE_TEXT not in texts
+    if with_face:
+        assert not any("no face found" in t or "raw mode" in t for t in texts)
+
+    assert crop_panel_text_lines(panels.save(path, **panel)) == lines
+
+
+def test_reused_panel_figure_draws_the_same_png_as_a_fresh_one(tmp_path: Path) -> None:
+    """PredictionPanels clears what the previous panel drew: no box, crop, note or true-label colour leaks."""
+    first = panel_kwargs(tmp_path, "first")
+    first.pop("path")
+    second = panel_kwargs(tmp_path, "second")
+    second.pop("path")
+    second["original"] = second["original"][:, :90]
+    reused = plots.PredictionPanels()
+    reused.save(
+        tmp_path / "first.png", box=(40, 20, 60, 60), crop=first["original"][20:80, 40:100], true_label="fear",
+        note="no face found: whole image used", **first,
+    )
+    args = dict(box=None, crop=None, true_label=None, detection_run=False, **second)
+    again = reused.save(tmp_path / "reused.png", **args)
+    fresh = plots.plot_prediction_panel(path=tmp_path / "fresh.png", **args)
+    with Image.open(again) as a, Image.open(fresh) as b:
+        assert a.size == b.size == (2040, 516)
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_sheet_title_sits_in_its_own_band_above_the_first_row(tmp_path: Path) -> None:
+    panels = [
+        plots.plot_prediction_panel(box=None, crop=None, true_label=None, **panel_kwargs(tmp_path, f"p{i}"))
+        for i in range(4)
+    ]
+    sheet = plots.plot_prediction_sheet(panels, tmp_path / "sheet.png", title="r1: new images (raw)", cols=2)
+    with Image.open(sheet) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    grey = pixels.mean(axis=2)
+    left_half = grey[:, : pixels.shape[1] // 2]
+    # The first panel's frame: the first row that is non-white across (nearly) the whole left tile.
+    frame_top = int(np.flatnonzero((left_half < 250).mean(axis=1) > 0.95)[0])
+    band = grey[:frame_top]
+    dark_rows = np.flatnonzero((band < 80).any(axis=1))
+    assert dark_rows.size > 5, "no title pixels above the first panel"
+    assert dark_rows.max() < frame_top - 3, "the title reaches the first panel"
+    # The title is centred in the band and the band itself holds nothing else.
+    dark_cols = np.flatnonzero((band < 80).any(axis=0))
+    assert abs((dark_cols.min() + dark_cols.max()) / 2 - pixels.shape[1] / 2) < 0.05 * pixels.shape[1]
+    untitled = plots.plot_prediction_sheet(panels, tmp_path / "untitled.png", cols=2)
+    with Image.open(untitled) as image:
+        assert image.height == pixels.shape[0] - frame_top

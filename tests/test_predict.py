@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from research.data.datasets import load_datasets
 from research.inference import load_run, predict_arrays
 from research.predict import predict_folder, read_new_images
 from tests.conftest import SHARED_DATA
+from tests.test_plots import crop_panel_text_lines
 
 
 @pytest.fixture()
@@ -100,3 +104,31 @@ def test_real_new_images(trained_run, tmp_path):
     result = predict_folder(trained_run, SHARED_DATA / "new-images", face="both", out=tmp_path / "real")
     assert len(result["modes"]["raw"]) == 14 and len(result["modes"]["haar"]) == 14
     assert all(r["true"] is not None for r in result["modes"]["raw"])
+
+
+def test_raw_panels_say_no_detection_ran_and_haar_panels_say_no_face(trained_run, photo_folder, tmp_path):
+    """Read back from the PNGs: the crop panel of the faceless photo has 3 lines in raw mode
+    ("raw mode: / no face detection, / whole image scored") and 1 in haar mode ("no face found")."""
+    result = predict_folder(trained_run, photo_folder, face="both", out=tmp_path / "out")
+    panel = {
+        (r["mode"], r["image"]): tmp_path / "out" / r["mode"] / r["panel"]
+        for records in result["modes"].values() for r in records
+    }
+    assert crop_panel_text_lines(panel["raw", "anger_2.png"]) == 3
+    assert crop_panel_text_lines(panel["haar", "anger_2.png"]) == 1
+    assert crop_panel_text_lines(panel["raw", "happiness_1.jpg"]) == 3
+    assert crop_panel_text_lines(panel["haar", "happiness_1.jpg"]) == 0  # the face crop is shown
+
+
+def test_predict_loads_no_unused_heavy_module(tmp_path):
+    """``predict --wandb disabled`` imports neither W&B nor the plotting/metrics libraries it does not use."""
+    script = (
+        "import sys; from pathlib import Path; import research.cli, research.predict\n"
+        "from research.tracking.wandb_log import WandbRun\n"
+        f"run = WandbRun(run_id='x', run_dir=Path({str(tmp_path)!r}), config={{}}, mode='disabled')\n"
+        "assert not run.enabled\n"
+        "print(','.join(m for m in ('wandb', 'seaborn', 'pandas', 'sklearn') if m in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MODE")}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=300)
+    assert out.stdout.strip() == ""

@@ -6,6 +6,9 @@ so training, evaluation and cross-dataset evaluation share one definition of eac
 ``labels`` (where accepted) restricts F1 and the reports to a subset of class indices, for
 datasets in which some classes never occur: a prediction of a class outside the subset is
 still an error (a false negative for the true class), and accuracy stays plain accuracy.
+
+scikit-learn is imported by the functions that call it: ``predict`` needs only
+:func:`softmax` and the calibration helpers here, and should not pay for loading sklearn.
 """
 
 from __future__ import annotations
@@ -13,13 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    classification_report,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-    top_k_accuracy_score,
-)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -117,6 +113,8 @@ def compute_metrics(
         ``loss`` (if given), ``acc``, ``top2``, ``macro_f1``, ``weighted_f1``, ``ece`` as floats.
         ``acc`` and ``top2`` are over all samples and all ``C`` classes regardless of ``labels``.
     """
+    from sklearn.metrics import f1_score, top_k_accuracy_score
+
     scores, targets = _check_scores(logits_or_probs, targets)
     n_scores = scores.shape[1]
     if num_classes is not None and num_classes != n_scores:
@@ -151,6 +149,8 @@ def confusion_matrices(
     Returns ``(counts, normalized)``: ``(C, C)`` int64 counts and the row-normalised float
     matrix (each row sums to 1, or is all 0 for a class with no samples).
     """
+    from sklearn.metrics import confusion_matrix
+
     counts = confusion_matrix(
         np.asarray(targets), np.asarray(preds), labels=list(range(num_classes))
     ).astype(np.int64)
@@ -178,6 +178,8 @@ def classification_report_text(
     labels: Sequence[int] | None = None,
 ) -> str:
     """sklearn's text report (3 digits) over ``labels`` (default: every class in ``class_names``)."""
+    from sklearn.metrics import classification_report
+
     return classification_report(
         np.asarray(targets), np.asarray(preds), digits=3, **_report_kwargs(class_names, labels)
     )
@@ -191,6 +193,8 @@ def classification_report_dict(
     labels: Sequence[int] | None = None,
 ) -> dict:
     """sklearn's report as a dict: per class name, plus the ``macro avg``/``weighted avg`` rows."""
+    from sklearn.metrics import classification_report
+
     return classification_report(
         np.asarray(targets),
         np.asarray(preds),
@@ -207,6 +211,8 @@ def per_class_metrics(
     labels: Sequence[int] | None = None,
 ) -> dict[str, dict[str, float]]:
     """``{class_name: {"precision", "recall", "f1", "support"}}`` for each class in ``labels``."""
+    from sklearn.metrics import precision_recall_fscore_support
+
     report_labels = _resolve_labels(labels, len(class_names))
     precision, recall, f1, support = precision_recall_fscore_support(
         np.asarray(targets), np.asarray(preds), labels=report_labels, zero_division=0

@@ -74,14 +74,15 @@ class WandbRun:
         afresh with those epochs replayed first and the earlier partial records moved to
         ``wandb/superseded/``, so ``wandb sync`` uploads one run holding every epoch once.
         ``enabled=False`` means disabled whatever ``mode`` and ``WANDB_MODE`` say (ranks other than 0)."""
+        self.mode = resolve_mode(mode) if enabled else "disabled"
+        self.run = None
+        self._wandb = None
+        self._staging = _StagingDir(None)
+        if self.mode == "disabled":
+            return  # before `import wandb`: it takes about a second and a disabled run never needs it
         import wandb
 
         self._wandb = wandb
-        self.mode = resolve_mode(mode) if enabled else "disabled"
-        self.run = None
-        self._staging = _StagingDir(None)
-        if self.mode == "disabled":
-            return
         directory = Path(wandb_dir) if wandb_dir else Path(run_dir)
         directory.mkdir(parents=True, exist_ok=True)
         # Offline, artifact files (the model, table data) are staged inside the run folder, not in the
