@@ -131,7 +131,7 @@ def choose_cache_mode(
     mode = normalize_cache_mode(cache)
     fits_disk = disk_free_bytes is None or disk_free_bytes >= estimate_bytes * DISK_HEADROOM
     if mode == "memory" and estimate_bytes > budget_bytes:
-        return mode, "asked for (over the budget: the run may run out of memory)"
+        return mode, "asked for, over the budget: the run may run out of memory"
     if mode == "mmap" and not fits_disk:
         raise OSError(
             f"data.cache=mmap needs {estimate_bytes / 2**20:.0f} MiB on the cache disk, only "
