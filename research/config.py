@@ -20,6 +20,7 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import StringNode
 
 from research.data.augment import AUGMENT_PRESETS, AugmentError, augment_fields, resolve_augment
+from research.data.cache import CACHE_ALIASES, CACHE_MODES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -33,7 +34,9 @@ class DataConfig:
     std: list[float] | None = None
     batch_size: int = 64
     num_workers: int = 0  # DataLoader processes; 0 is fastest for cached small images on 2 cores
-    cache: bool = True  # decode every image once into memory (shrunk to image_size)
+    cache: str = "auto"  # auto | memory | mmap | stream (true/false = memory/stream): where decoded images stay
+    cache_budget_mb: int = 0  # memory the image cache may use (auto picks mmap/stream above it); 0 = 1/4 of RAM
+    cache_dir: str | None = None  # folder for the data.cache=mmap file (removed at exit); None = system temp dir
     bad_files: str = "error"  # error | skip: what to do with files that cannot be decoded
     require_all_classes: bool = True
     sampler: str = "shuffle"  # shuffle | balanced (inverse-frequency sampling for imbalanced data)
@@ -135,6 +138,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.bad_files": ("error", "skip"),
+    "data.cache": CACHE_MODES,
     "data.sampler": ("shuffle", "balanced"),
     "augment.preset": tuple(AUGMENT_PRESETS),
     "model.mode": ("finetune", "frozen"),
@@ -265,6 +269,8 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
         cfg = _merge_checked(cfg, loaded, f"config file {path}")
     for item in parse_overrides(overrides):
         cfg = _override_node(cfg, item)
+    # The boolean data.cache of older configs and run folders: true -> memory, false -> stream.
+    cfg.data.cache = CACHE_ALIASES.get(str(cfg.data.cache).lower(), cfg.data.cache)
     validate(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
@@ -276,6 +282,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.channels": (lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
     "data.batch_size": (lambda v: v >= 1, ">= 1"),
     "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.cache_budget_mb": (lambda v: v >= 0, ">= 0 MiB (0 = a quarter of physical memory)"),
     "data.demo_scale": (lambda v: 0 < v <= 100, "a size multiplier in (0, 100]"),
     "model.unfreeze_epoch": (lambda v: v >= 0, ">= 0 (0 = never)"),
     "model.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),

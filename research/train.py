@@ -201,6 +201,7 @@ def _train(
     mean, std = builders.normalization(cfg, model)
     bundle = load_datasets(
         cfg.data.root, bad_files=cfg.data.bad_files, cache=cfg.data.cache, keep_size=cfg.data.image_size,
+        cache_budget_mb=cfg.data.cache_budget_mb, cache_dir=cfg.data.cache_dir,
         require_all_classes=cfg.data.require_all_classes, workers=max(2, cfg.data.num_workers),
         demo_scale=cfg.data.demo_scale, seed=cfg.run.seed,
     )

@@ -98,9 +98,9 @@ def test_unknown_class_folder(tmp_path):
         load_datasets(root)
 
 
-@pytest.fixture
-def bad_files_dataset(tmp_path) -> Path:
-    root = make_dataset(tmp_path / "d")
+def make_bad_files_dataset(root: Path) -> Path:
+    """A dataset whose train/alegria holds a truncated JPEG, a text file named .jpg and a .txt."""
+    root = make_dataset(root)
     folder = root / "train" / "alegria"
     good = folder / "0.png"
     jpeg = folder / "trunc.jpg"
@@ -110,6 +110,11 @@ def bad_files_dataset(tmp_path) -> Path:
     (folder / "notes.txt").write_text("not an image either")
     assert good.exists()
     return root
+
+
+@pytest.fixture
+def bad_files_dataset(tmp_path) -> Path:
+    return make_bad_files_dataset(tmp_path / "d")
 
 
 def test_bad_files_fail_by_default_naming_each_file(bad_files_dataset):

@@ -130,3 +130,16 @@ def test_dataloader_workers_are_seeded(tmp_path, tiny_dataset):
     a = train(cfg_for(tiny_dataset, tmp_path, "run.name=wa", *extra))
     b = train(cfg_for(tiny_dataset, tmp_path, "run.name=wb", *extra))
     assert _history(Path(a.run_dir)) == _history(Path(b.run_dir))
+
+
+def test_cache_modes_give_the_same_history(tmp_path, tiny_dataset):
+    """The same seed trains the same model whether the images sit in memory, in a mapped file or in files."""
+    runs = {
+        mode: train(cfg_for(tiny_dataset, tmp_path, f"run.name={mode}", f"data.cache={mode}", "augment.preset=strong"))
+        for mode in ("memory", "mmap", "stream")
+    }
+    histories = {mode: _history(Path(s.run_dir)) for mode, s in runs.items()}
+    assert histories["mmap"] == histories["memory"] and histories["stream"] == histories["memory"]
+    weights = {mode: torch.load(Path(s.run_dir) / "best.pt", weights_only=False)["model"] for mode, s in runs.items()}
+    for mode in ("mmap", "stream"):
+        assert all(torch.equal(weights[mode][k], weights["memory"][k]) for k in weights["memory"]), mode

@@ -1,8 +1,18 @@
 """Folder datasets in the course layout: ``<root>/train/<class>/*`` and ``<root>/validation/<class>/*``.
 
 Every image is decoded once when the dataset is built, so a corrupt file is reported by
-path before training starts instead of crashing epoch 7. With ``cache=True`` the decoded
-images (shrunk to the training size) stay in memory and later epochs decode nothing.
+path before training starts instead of crashing epoch 7. The decoded images (shrunk to the
+training size) are then kept in one of three places, chosen by ``cache`` against a memory
+budget (:func:`choose_cache_mode`):
+
+- ``memory``: a list of arrays; later epochs decode nothing.
+- ``mmap``: a uint8 file on disk, one fixed ``keep_size x keep_size x 3`` slot per image,
+  memory-mapped; the validation pass writes straight into it, and the OS page cache keeps
+  what fits in memory.
+- ``stream``: nothing is kept; the validation pass decodes and drops, and every access
+  decodes the file again (in DataLoader workers when ``data.num_workers > 0``).
+
+All three give the same pixels for the same index (one :func:`shrink_to`).
 """
 
 from __future__ import annotations
@@ -21,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from research.data.cache import MmapImages, MmapView, normalize_cache_mode, resolve_cache_mode
 from research.data.classes import CANONICAL_CLASSES, map_folders
 from research.data.images import ImageDecodeError, is_image_path, load_image
 
@@ -33,6 +44,7 @@ SPLIT_SPELLINGS: dict[str, tuple[str, ...]] = {
     "test": ("test", "testing"),
 }
 DEMO_ROOT = "demo"
+DECODE_CHUNK = 1024  # files in flight in the decode pass
 
 
 class DatasetLayoutError(ValueError):
@@ -116,26 +128,41 @@ def decode_all(
     keep: bool,
     workers: int = 4,
     desc: str = "decode",
+    store: MmapImages | None = None,
 ) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
-    """Decode every file (threads; PIL releases the GIL). Returns images (or None) and failures."""
+    """Decode every file (threads; PIL releases the GIL). Returns images (or None) and failures.
 
-    def one(path: Path) -> np.ndarray | str:
+    With ``store`` every shrunk image is written into slot ``i`` of the memory-mapped file as
+    soon as it is decoded and not returned (the returned list holds None), so the pass holds
+    at most a few images at a time, as with ``keep=False``.
+    """
+
+    def one(item: tuple[int, Path]) -> np.ndarray | str:
+        index, path = item
         try:
             image = load_image(path)
         except ImageDecodeError as err:
             return str(err)
+        if store is not None:
+            store.write(index, shrink_to(image, keep_size))
+            return np.empty(0)
         return shrink_to(image, keep_size) if keep else np.empty(0)
 
     images: list[np.ndarray | None] = []
     failures: list[tuple[Path, str]] = []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(one, paths)
-        for path, result in tqdm(zip(paths, results, strict=True), total=len(paths), desc=desc, leave=False, disable=None):
-            if isinstance(result, str):
-                failures.append((path, result))
-                images.append(None)
-            else:
-                images.append(result if keep else None)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(
+        total=len(paths), desc=desc, leave=False, disable=None
+    ) as bar:
+        # Submitted in chunks: Executor.map makes a future per item at once (~1 KiB each, 100 MiB per 100k files).
+        for start in range(0, len(paths), DECODE_CHUNK):
+            chunk = list(enumerate(paths[start : start + DECODE_CHUNK], start))
+            for (_, path), result in zip(chunk, pool.map(one, chunk), strict=True):
+                if isinstance(result, str):
+                    failures.append((path, result))
+                    images.append(None)
+                else:
+                    images.append(result if keep and store is None else None)
+            bar.update(len(chunk))
     return images, failures
 
 
@@ -143,6 +170,7 @@ class EmotionDataset(Dataset):
     """Labelled face images: ``dataset[i] -> (tensor CxHxW float32, label int)``.
 
     Images come from memory (``images``) or are decoded from ``paths`` on access.
+    ``images`` is a list (memory cache) or a memory-mapped store (:class:`MmapImages`);
     ``transform`` is an albumentations pipeline ending in ``ToTensorV2``.
     """
 
@@ -162,7 +190,7 @@ class EmotionDataset(Dataset):
         self.targets = list(targets)
         self.names = list(names)
         self.paths = list(paths) if paths is not None else None
-        self.images = list(images) if images is not None else None
+        self.images = images if isinstance(images, MmapView) or images is None else list(images)
         self.transform = transform
         self.split = split
         self.keep_size = keep_size
@@ -214,15 +242,26 @@ def load_split(
     split: str,
     *,
     bad_files: BadFilePolicy = "error",
-    cache: bool = True,
+    cache: bool | str = "memory",
     keep_size: int | None = None,
     workers: int = 4,
+    cache_dir: str | Path | None = None,
+    scan: SplitScan | None = None,
 ) -> tuple[EmotionDataset, list[tuple[Path, str]]]:
-    """Scan and decode one split folder. Returns the dataset and the skipped files with reasons."""
-    scan = scan_split(folder, split)
+    """Scan and decode one split folder. Returns the dataset and the skipped files with reasons.
+
+    ``cache`` is memory, mmap or stream (see the module docstring); ``auto`` is resolved by
+    :func:`load_datasets`, which sees both splits, and means memory here.
+    """
+    mode = normalize_cache_mode(cache)
+    mode = "memory" if mode == "auto" else mode
+    if mode == "mmap" and keep_size is None:
+        raise ValueError("data.cache=mmap needs a keep_size (the slot side of the file)")
+    scan = scan or scan_split(folder, split)
     skipped = [(p, f"{p}: not an image file (extension {p.suffix or 'none'})") for p in scan.not_images]
+    store = MmapImages(len(scan.paths), keep_size, folder=cache_dir, name=split) if mode == "mmap" else None
     images, failures = decode_all(
-        scan.paths, keep_size=keep_size, keep=cache, workers=workers, desc=f"decode {split}"
+        scan.paths, keep_size=keep_size, keep=mode == "memory", workers=workers, desc=f"decode {split}", store=store
     )
     skipped.extend(failures)
     if skipped:
@@ -240,8 +279,10 @@ def load_split(
         raise DatasetLayoutError(f"{folder}: no readable images at all.")
     names = [str(scan.paths[i].relative_to(folder)) for i in keep_idx]
     targets = [scan.targets[i] for i in keep_idx]
-    if cache:
+    if mode == "memory":
         dataset = EmotionDataset(targets, names=names, images=[images[i] for i in keep_idx], split=split)
+    elif mode == "mmap":
+        dataset = EmotionDataset(targets, names=names, images=store.subset(keep_idx), split=split)
     else:
         paths = [scan.paths[i] for i in keep_idx]
         dataset = EmotionDataset(targets, names=names, paths=paths, split=split, keep_size=keep_size)
@@ -264,15 +305,23 @@ def load_datasets(
     root: str | Path,
     *,
     bad_files: BadFilePolicy = "error",
-    cache: bool = True,
+    cache: bool | str = "auto",
     keep_size: int | None = None,
+    cache_budget_mb: int = 0,
+    cache_dir: str | Path | None = None,
     require_all_classes: bool = True,
     workers: int = 4,
     demo_size: int = 64,
     demo_scale: float = 1.0,
     seed: int = 0,
 ) -> DataBundle:
-    """Build train/validation datasets from a folder root, or the synthetic demo set for ``"demo"``."""
+    """Build train/validation datasets from a folder root, or the synthetic demo set for ``"demo"``.
+
+    ``cache`` (auto | memory | mmap | stream, or True/False for memory/stream) and
+    ``cache_budget_mb`` (0: a quarter of physical memory) pick where the decoded images stay,
+    from an estimate made before anything is decoded (:func:`choose_cache_mode`);
+    ``cache_dir`` is where a memory-mapped file goes (None: the system temp dir).
+    """
     if str(root) == DEMO_ROOT:
         from research.data.demo import make_demo_split
 
@@ -288,9 +337,14 @@ def load_datasets(
 
     root = Path(root).expanduser()
     train_dir, val_dir = find_split_dir(root, "train"), find_split_dir(root, "validation")
-    kwargs = dict(bad_files=bad_files, cache=cache, keep_size=keep_size, workers=workers)
-    train, skipped_train = load_split(train_dir, "train", **kwargs)
-    val, skipped_val = load_split(val_dir, "validation", **kwargs)
+    scans = {"train": scan_split(train_dir, "train"), "validation": scan_split(val_dir, "validation")}
+    mode = resolve_cache_mode(
+        cache, count=sum(len(s.paths) for s in scans.values()), keep_size=keep_size,
+        budget_mb=cache_budget_mb, cache_dir=cache_dir,
+    )
+    kwargs = dict(bad_files=bad_files, cache=mode, keep_size=keep_size, workers=workers, cache_dir=cache_dir)
+    train, skipped_train = load_split(train_dir, "train", scan=scans["train"], **kwargs)
+    val, skipped_val = load_split(val_dir, "validation", scan=scans["validation"], **kwargs)
     check_same_classes(train, val, str(root))
     missing = [c for i, c in enumerate(CANONICAL_CLASSES) if i not in train.present_classes]
     if missing:
