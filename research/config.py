@@ -37,6 +37,8 @@ class DataConfig:
     cache: str = "auto"  # auto | memory | mmap | stream (true/false = memory/stream): where decoded images stay
     cache_budget_mb: int = 0  # memory the image cache may use (auto picks mmap/stream above it); 0 = 1/4 of RAM
     cache_dir: str | None = None  # folder for the data.cache=mmap file (removed at exit); None = system temp dir
+    val_fraction: float = 0.0  # > 0: carve a stratified validation split from train/ (datasets with no validation/)
+    val_split_seed: int = 0  # seed of that split: the same images for every run, seed and sweep trial
     bad_files: str = "error"  # error | skip: what to do with files that cannot be decoded
     require_all_classes: bool = True
     sampler: str = "shuffle"  # shuffle | balanced (inverse-frequency sampling for imbalanced data)
@@ -284,6 +286,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.num_workers": (lambda v: v >= 0, ">= 0"),
     "data.cache_budget_mb": (lambda v: v >= 0, ">= 0 MiB (0 = a quarter of physical memory)"),
     "data.demo_scale": (lambda v: 0 < v <= 100, "a size multiplier in (0, 100]"),
+    "data.val_fraction": (lambda v: 0 <= v <= 0.5, "a fraction of train/ in [0, 0.5] (0 = use the validation/ folder)"),
+    "data.val_split_seed": (lambda v: v >= 0, ">= 0"),
     "model.unfreeze_epoch": (lambda v: v >= 0, ">= 0 (0 = never)"),
     "model.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
     "optim.lr": (lambda v: v > 0, "> 0"),

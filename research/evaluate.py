@@ -21,7 +21,14 @@ from tqdm.auto import tqdm
 
 from research.builders import face_cropper
 from research.data.classes import CANONICAL_CLASSES, label_from_filename
-from research.data.datasets import DatasetLayoutError, find_split_dir, scan_split
+from research.data.datasets import (
+    SPLIT_SPELLINGS,
+    DatasetLayoutError,
+    carve_validation,
+    find_split_dir,
+    has_split_dir,
+    scan_split,
+)
 from research.data.images import ImageDecodeError, is_image_path, load_image
 from research.faces import HaarFaceCropper
 from research.inference import (
@@ -37,11 +44,19 @@ from research.tracking.runs import write_json
 log = logging.getLogger(__name__)
 
 
-def find_labelled_images(data_dir: Path, split: str | None = None) -> tuple[list[Path], list[int], str]:
-    """Paths, canonical targets and a description of the layout that was used."""
+def find_labelled_images(
+    data_dir: Path, split: str | None = None, recorded_val_split: list[str] | None = None
+) -> tuple[list[Path], list[int], str]:
+    """Paths, canonical targets and a description of the layout that was used. ``recorded_val_split``:
+    a run's validation files carved from ``train/``, used for ``--split validation`` when the dataset
+    has no validation folder."""
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetLayoutError(f"{data_dir} is not a folder of labelled images")
+    if split and recorded_val_split is not None and split in SPLIT_SPELLINGS["validation"] and not has_split_dir(data_dir, split):
+        train_dir = find_split_dir(data_dir, "train")
+        _, scan = carve_validation(scan_split(train_dir, "train"), fraction=0.0, seed=0, files=recorded_val_split)
+        return scan.paths, scan.targets, f"{train_dir} (the run's validation split carved from train/, val_split.json)"
     if split:
         folder = find_split_dir(data_dir, split)
         scan = scan_split(folder, split)
@@ -116,7 +131,7 @@ def evaluate_run(
     num_workers: int = 0,
 ) -> EvaluationResult:
     """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``."""
-    paths, targets, layout = find_labelled_images(Path(data_dir), split)
+    paths, targets, layout = find_labelled_images(Path(data_dir), split, loaded.run.val_split_files())
     name = name or "-".join(x for x in (Path(data_dir).name, split, "haar" if face == "haar" else "", "tta" if tta == "hflip" else "") if x)
     out_dir = Path(out) if out else loaded.run.evaluations / name
     cropper = face_cropper(loaded.cfg, fallback=True) if face == "haar" else None

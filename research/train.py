@@ -44,7 +44,13 @@ from research.inference import (
     write_predictions,
 )
 from research.models.classifier import count_parameters
-from research.tracking.runs import RunFolder, RunFolderError, new_run_id, read_checkpoint
+from research.tracking.runs import (
+    RunFolder,
+    RunFolderError,
+    new_run_id,
+    read_checkpoint,
+    write_json,
+)
 from research.tracking.summary import (
     FAILED,
     FINISHED,
@@ -78,6 +84,15 @@ def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
     if processes > 1:
         env["processes"] = processes
     return env
+
+
+def carved_val_split(cfg: DictConfig, bundle: Any) -> dict[str, Any] | None:
+    if cfg.data.val_fraction <= 0 or bundle.synthetic:
+        return None
+    return {
+        "source": "carved from train/ (stratified by class)", "fraction": cfg.data.val_fraction,
+        "seed": cfg.data.val_split_seed, "images": len(bundle.val),
+    }
 
 
 def open_run_folder(cfg: DictConfig, distributed: Distributed | None = None) -> tuple[RunFolder, dict[str, Any] | None]:
@@ -203,12 +218,16 @@ def _train(
         cfg.data.root, bad_files=cfg.data.bad_files, cache=cfg.data.cache, keep_size=cfg.data.image_size,
         cache_budget_mb=cfg.data.cache_budget_mb, cache_dir=cfg.data.cache_dir,
         require_all_classes=cfg.data.require_all_classes, workers=max(2, cfg.data.num_workers),
-        demo_scale=cfg.data.demo_scale, seed=cfg.run.seed,
+        demo_scale=cfg.data.demo_scale, seed=cfg.run.seed, val_fraction=cfg.data.val_fraction,
+        val_split_seed=cfg.data.val_split_seed, val_files=run.val_split_files(),
     )
+    val_split = carved_val_split(cfg, bundle)
     # The folder is made only now: nothing before this point leaves anything behind.
     if distributed.is_main:
         run.path.mkdir(parents=True, exist_ok=True)
         run.write_text("config.yaml", to_yaml(cfg))
+        if val_split is not None:  # the same validation images on resume, in evaluate and in the report
+            write_json(run.val_split_path, {**val_split, "files": list(bundle.val.names)})
     label = SYNTHETIC_DATASET if bundle.synthetic else bundle.name
     bundle.train.transform = builders.train_transform(cfg, mean, std)
     bundle.val.transform = builders.eval_transform(cfg, mean, std)
@@ -228,7 +247,7 @@ def _train(
         dataset=DatasetSummary(
             root=bundle.root, name=label, synthetic=bundle.synthetic, train_images=len(bundle.train),
             val_images=len(bundle.val), class_counts=bundle.class_counts,
-            skipped_files=[str(p) for p, _ in bundle.skipped],
+            skipped_files=[str(p) for p, _ in bundle.skipped], val_split=val_split,
         ),
         pretrained=model.pretrained_source, mode=cfg.model.mode, class_names=list(CANONICAL_CLASSES),
         params_total=total, params_trainable=trainable, seed=cfg.run.seed, git_commit=git_commit(),

@@ -77,9 +77,48 @@ def find_split_dir(root: Path, split: str) -> Path:
             if name != split:
                 log.warning("using %s as the %r split", children[name], split)
             return children[name]
+    hint = " For a dataset with train/ only, carve a validation split: data.val_fraction=0.1." if split == "validation" else ""
     raise DatasetLayoutError(
         f"no {split!r} split in {root}: expected one of {', '.join(s + '/' for s in spellings)}; "
-        f"found {sorted(children) or 'no folders'}."
+        f"found {sorted(children) or 'no folders'}.{hint}"
+    )
+
+
+def has_split_dir(root: Path, split: str) -> bool:
+    children = {p.name.lower() for p in Path(root).iterdir() if p.is_dir()}
+    return any(name in children for name in SPLIT_SPELLINGS.get(split, (split,)))
+
+
+def carve_validation(
+    scan: SplitScan, *, fraction: float, seed: int, files: Sequence[str] | None = None
+) -> tuple[SplitScan, SplitScan]:
+    """Split one scanned folder into train and validation: ``files`` (paths relative to the folder, as
+    recorded by an earlier run) when given, else a stratified, seeded share ``fraction`` of every
+    class (at least one image of each class with two or more)."""
+    relative = [str(p.relative_to(scan.folder)) for p in scan.paths]
+    if files is not None:
+        wanted = set(files)
+        missing = sorted(wanted - set(relative))
+        if missing:
+            raise DatasetLayoutError(
+                f"{len(missing)} validation image(s) recorded for this run are gone from {scan.folder}, e.g. "
+                f"{missing[:3]}; restore them, or start a new run (a new split)"
+            )
+        chosen = {i for i, name in enumerate(relative) if name in wanted}
+    else:
+        rng = np.random.default_rng(seed)
+        chosen = set()
+        for label in sorted(set(scan.targets)):
+            members = [i for i, t in enumerate(scan.targets) if t == label]
+            take = min(max(round(len(members) * fraction), 1 if len(members) >= 2 else 0), len(members) - 1)
+            chosen.update(int(i) for i in rng.permutation(members)[:take])
+    pick = lambda keep: ([p for i, p in enumerate(scan.paths) if (i in chosen) == keep],  # noqa: E731
+                         [t for i, t in enumerate(scan.targets) if (i in chosen) == keep])
+    train_paths, train_targets = pick(False)
+    val_paths, val_targets = pick(True)
+    return (
+        SplitScan("train", scan.folder, train_paths, train_targets, scan.not_images),
+        SplitScan("validation", scan.folder, val_paths, val_targets),
     )
 
 
@@ -314,6 +353,9 @@ def load_datasets(
     demo_size: int = 64,
     demo_scale: float = 1.0,
     seed: int = 0,
+    val_fraction: float = 0.0,
+    val_split_seed: int = 0,
+    val_files: Sequence[str] | None = None,
 ) -> DataBundle:
     """Build train/validation datasets from a folder root, or the synthetic demo set for ``"demo"``.
 
@@ -321,6 +363,8 @@ def load_datasets(
     ``cache_budget_mb`` (0: a quarter of physical memory) pick where the decoded images stay,
     from an estimate made before anything is decoded (:func:`choose_cache_mode`);
     ``cache_dir`` is where a memory-mapped file goes (None: the system temp dir).
+    ``val_fraction`` > 0 carves a stratified validation split (seed ``val_split_seed``) from
+    ``train/`` of a dataset without ``validation/``; ``val_files`` replays a recorded split.
     """
     if str(root) == DEMO_ROOT:
         from research.data.demo import make_demo_split
@@ -336,8 +380,25 @@ def load_datasets(
         )
 
     root = Path(root).expanduser()
-    train_dir, val_dir = find_split_dir(root, "train"), find_split_dir(root, "validation")
-    scans = {"train": scan_split(train_dir, "train"), "validation": scan_split(val_dir, "validation")}
+    train_dir = find_split_dir(root, "train")
+    if val_fraction > 0 or val_files is not None:
+        if has_split_dir(root, "validation"):
+            raise DatasetLayoutError(
+                f"{root} has a validation folder, and data.val_fraction={val_fraction} asks to carve one from "
+                "train/: use one of them (data.val_fraction=0 uses the folder)"
+            )
+        train_scan, val_scan = carve_validation(
+            scan_split(train_dir, "train"), fraction=val_fraction, seed=val_split_seed, files=val_files
+        )
+        val_dir = train_dir
+        log.info(
+            "validation split carved from %s: %d images (fraction %.2f, seed %d, stratified by class)",
+            train_dir, len(val_scan.paths), val_fraction, val_split_seed,
+        )
+    else:
+        val_dir = find_split_dir(root, "validation")
+        train_scan, val_scan = scan_split(train_dir, "train"), scan_split(val_dir, "validation")
+    scans = {"train": train_scan, "validation": val_scan}
     mode = resolve_cache_mode(
         cache, count=sum(len(s.paths) for s in scans.values()), keep_size=keep_size,
         budget_mb=cache_budget_mb, cache_dir=cache_dir,

@@ -170,6 +170,12 @@ class RunFolder:
     evaluations = property(lambda self: self.path / "evaluations")
     val_predictions = property(lambda self: self.path / "val_predictions.npz")
 
+    val_split_path = property(lambda self: self.path / "val_split.json")
+
+    def val_split_files(self) -> list[str] | None:
+        """The validation images the run carved from train/ (relative to it), when it did."""
+        return list(read_json(self.val_split_path)["files"]) if self.val_split_path.exists() else None
+
     def write_text(self, name: str, text: str) -> Path:
         path = self.path / name
         _atomic_write(path, lambda tmp: tmp.write_text(text))
