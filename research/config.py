@@ -409,7 +409,11 @@ def to_yaml(cfg: DictConfig) -> str:
 
 def flatten(cfg: DictConfig) -> dict[str, Any]:
     """``{"optim.lr": 0.001, ...}``: the keys W&B and sweeps use, equal to the CLI keys."""
-    container = OmegaConf.to_container(cfg, resolve=True)
+    return flatten_mapping(OmegaConf.to_container(cfg, resolve=True))
+
+
+def flatten_mapping(nested: dict[str, Any]) -> dict[str, Any]:
+    """A nested mapping (as config.yaml holds it) as dotted keys; dotted keys pass through."""
     flat: dict[str, Any] = {}
 
     def walk(node: dict, prefix: str) -> None:
@@ -419,7 +423,7 @@ def flatten(cfg: DictConfig) -> dict[str, Any]:
             else:
                 flat[f"{prefix}{key}"] = value
 
-    walk(container, "")
+    walk(nested, "")
     return flat
 
 

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from research.config import flatten_mapping
 from research.predict import MODES as PREDICTION_MODES
 from research.predict import compare_modes
 from research.tracking import wandb_log
@@ -251,17 +252,7 @@ def flat_config(config: Any) -> dict[str, Any] | None:
     """A config (nested as in config.yaml, or dotted as W&B keeps it) as ``{"optim.lr": 0.001, ...}``."""
     if not isinstance(config, dict) or not config:
         return None
-    flat: dict[str, Any] = {}
-
-    def walk(node: dict[str, Any], prefix: str) -> None:
-        for key, value in node.items():
-            if isinstance(value, dict):
-                walk(value, f"{prefix}{key}.")
-            else:
-                flat[f"{prefix}{key}"] = value
-
-    walk(config, "")
-    return flat
+    return flatten_mapping(config)
 
 
 def read_val_predictions(path: Path) -> dict[str, np.ndarray] | None:
