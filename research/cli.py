@@ -222,25 +222,44 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         "detection box, crop, model input, class scores), a sheet, predictions.json and, when file names "
         "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped. --onnx scores "
         "with an exported model (`poetry run export`) through onnxruntime instead, with the preprocessing "
-        "stored in the file.",
+        "stored in the file. --video/--camera annotate every face of a video (or a camera) into "
+        "annotated.mp4 and frames.csv.",
         "examples:\n  poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both\n"
         "  poetry run predict --onnx runs/<id>/export/model.onnx ../shared/data/new-images\n"
-        "",
+        "  poetry run predict --run runs/<id> --video clip.mp4 --every 2\n"
+        "  poetry run predict --run runs/<id> --camera 0 --max-frames 300   # needs a camera; writes files, shows nothing",
     )
-    parser.add_argument("images", type=Path, help="folder of images (jpg/png/webp/bmp, any size)")
+    parser.add_argument("images", type=Path, nargs="?", help="folder of images (jpg/png/webp/bmp, any size)")
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--run", type=Path, help="run folder (runs/<id>)")
     model.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="an exported model (poetry run export) scored with onnxruntime")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--video", type=Path, metavar="FILE", help="annotate a video file instead of scoring IMAGES")
+    source.add_argument("--camera", type=int, metavar="INDEX", help="annotate frames of camera INDEX (needs a camera device)")
     parser.add_argument(
         "--face", type=_face_mode, default="both", metavar="{raw,haar,both}",
-        help="raw (whole photo), haar (face-cropped), or both (default)",
+        help="images: raw (whole photo), haar (face-cropped), or both (default); video always scores every Haar face",
     )
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions, <run>/predictions/video/<name> for video)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to score with (default: best)")
     parser.add_argument("--no-fallback", action="store_true", help="haar: leave out images without a detected face instead of scoring the whole image")
     parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode for the prediction table (default: the run's; none with --onnx)")
+    parser.add_argument("--every", type=_positive_int, default=1, metavar="N", help="video: score every Nth frame (default: 1)")
+    parser.add_argument("--max-frames", type=_positive_int, metavar="N", help="video/camera: stop after N frames")
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
+        video = args.video is not None or args.camera is not None
+        if video == (args.images is not None):
+            parser.error("give either IMAGES (a folder) or --video FILE / --camera INDEX")
+        if video:
+            from research.video import video_cli
+
+            result = video_cli(
+                args.video if args.video is not None else args.camera, run=args.run, onnx=args.onnx, out=args.out,
+                checkpoint=args.checkpoint, every=args.every, max_frames=args.max_frames,
+            )
+            _print(result.video)
+            return 0
         from research.predict import predict_cli
 
         predict_cli(args.run, args.images, face=args.face, out=args.out, checkpoint=args.checkpoint,
