@@ -18,6 +18,7 @@ COMMANDS = {
     "fetch-data": cli.fetch_data_main,
     "sync-runs": cli.sync_runs_main,
     "prepare-data": cli.prepare_data_main,
+    "export": cli.export_main,
 }
 
 

@@ -8,7 +8,8 @@ eval preprocessing is the same object in both.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -26,6 +27,7 @@ from research.faces import HaarFaceCropper
 from research.models import create_model
 from research.models.classifier import FERClassifier
 
+FACE_SETTINGS = ("scale_factor", "min_neighbors", "min_size", "margin", "pad", "upscale_to", "fallback")
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 DISTRIBUTED_BALANCED = (
     "data.sampler=balanced is not available with several processes (torchrun); use data.sampler=shuffle "
@@ -156,11 +158,15 @@ def build_loss(train_cfg: DictConfig, class_counts: dict[str, int]) -> nn.Module
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=train_cfg.label_smoothing)
 
 
-def face_cropper(cfg: DictConfig, *, fallback: bool | None = None) -> Callable:
+def face_cropper(cfg: DictConfig, *, fallback: bool | None = None) -> HaarFaceCropper:
     """The Haar cropper of a run's ``faces`` settings (``fallback`` overrides the config's)."""
-    faces = cfg.faces
-    return HaarFaceCropper(
-        scale_factor=faces.scale_factor, min_neighbors=faces.min_neighbors, min_size=faces.min_size,
-        margin=faces.margin, pad=faces.pad, upscale_to=faces.upscale_to,
-        fallback=faces.fallback if fallback is None else fallback,
-    )
+    return haar_cropper(cfg.faces, fallback=fallback)
+
+
+def haar_cropper(faces: Mapping[str, Any] | None, *, fallback: bool | None = None) -> HaarFaceCropper:
+    """The Haar cropper of ``faces`` settings as a run stores them (config ``faces``, or an exported
+    model's metadata); missing settings take the cropper's defaults."""
+    settings = {k: v for k, v in (faces or {}).items() if k in FACE_SETTINGS}
+    if fallback is not None:
+        settings["fallback"] = fallback
+    return HaarFaceCropper(**settings)

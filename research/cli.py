@@ -50,6 +50,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from research.data.images import ImageDecodeError
     from research.data.importers import DatasetImportError
     from research.engine.trainer import NonFiniteLossError
+    from research.exported import ExportedModelError, ExportParityError
     from research.faces import NoFaceFoundError
     from research.models.backbones import PretrainedWeightsError
     from research.report import WandbReportError
@@ -58,7 +59,8 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (
         ConfigError, AugmentError, UnknownClassError, DatasetLayoutError, DatasetImportError, DownloadError, ImageDecodeError,
         NonFiniteLossError, NoFaceFoundError, PretrainedWeightsError, RunFolderError, WandbReportError,
-        OutputWriteError, FileNotFoundError, FileExistsError, NotADirectoryError, KeyError,
+        OutputWriteError, ExportedModelError, ExportParityError, FileNotFoundError, FileExistsError, NotADirectoryError,
+        KeyError,
     )
 
 
@@ -218,25 +220,86 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         "Score a folder of new photos with a trained run, raw (the whole photo) and/or after a Haar-cascade "
         "face crop, using the run's own eval preprocessing. Writes per-image panels (original with the "
         "detection box, crop, model input, class scores), a sheet, predictions.json and, when file names "
-        "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped.",
-        "example: poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both",
+        "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped. --onnx scores "
+        "with an exported model (`poetry run export`) through onnxruntime instead, with the preprocessing "
+        "stored in the file. --video/--camera annotate every face of a video (or a camera) into "
+        "annotated.mp4 and frames.csv.",
+        "examples:\n  poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both\n"
+        "  poetry run predict --onnx runs/<id>/export/model.onnx ../shared/data/new-images\n"
+        "  poetry run predict --run runs/<id> --video clip.mp4 --every 2\n"
+        "  poetry run predict --run runs/<id> --camera 0 --max-frames 300   # needs a camera; writes files, shows nothing",
     )
-    parser.add_argument("images", type=Path, help="folder of images (jpg/png/webp/bmp, any size)")
-    parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
+    parser.add_argument("images", type=Path, nargs="?", help="folder of images (jpg/png/webp/bmp, any size)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--run", type=Path, help="run folder (runs/<id>)")
+    model.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="an exported model (poetry run export) scored with onnxruntime")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--video", type=Path, metavar="FILE", help="annotate a video file instead of scoring IMAGES")
+    source.add_argument("--camera", type=int, metavar="INDEX", help="annotate frames of camera INDEX (needs a camera device)")
     parser.add_argument(
         "--face", type=_face_mode, default="both", metavar="{raw,haar,both}",
-        help="raw (whole photo), haar (face-cropped), or both (default)",
+        help="images: raw (whole photo), haar (face-cropped), or both (default); video always scores every Haar face",
     )
-    parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions, <run>/predictions/video/<name> for video)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to score with (default: best)")
     parser.add_argument("--no-fallback", action="store_true", help="haar: leave out images without a detected face instead of scoring the whole image")
-    parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode for the prediction table (default: the run's)")
+    parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode for the prediction table (default: the run's; none with --onnx)")
+    parser.add_argument("--every", type=_positive_int, default=1, metavar="N", help="video: score every Nth frame (default: 1)")
+    parser.add_argument("--max-frames", type=_positive_int, metavar="N", help="video/camera: stop after N frames")
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
+        video = args.video is not None or args.camera is not None
+        if video == (args.images is not None):
+            parser.error("give either IMAGES (a folder) or --video FILE / --camera INDEX")
+        if video:
+            from research.video import video_cli
+
+            result = video_cli(
+                args.video if args.video is not None else args.camera, run=args.run, onnx=args.onnx, out=args.out,
+                checkpoint=args.checkpoint, every=args.every, max_frames=args.max_frames,
+            )
+            _print(result.video)
+            return 0
         from research.predict import predict_cli
 
         predict_cli(args.run, args.images, face=args.face, out=args.out, checkpoint=args.checkpoint,
-                    fallback=not args.no_fallback, wandb_mode=args.wandb)
+                    fallback=not args.no_fallback, wandb_mode=args.wandb, onnx=args.onnx)
+        return 0
+
+    run_main(parser, argv, action)
+
+
+# --- export -------------------------------------------------------------------------------
+def export_main(argv: Sequence[str] | None = None) -> None:
+    parser = _parser(
+        "export",
+        "Export a run's model to ONNX (or TorchScript) with its eval preprocessing in the file's metadata "
+        "and in model.json beside it (input size, channels, mean/std, class names, resize-and-pad rule, run id, "
+        "checkpoint); the batch axis is dynamic. Then checks parity with PyTorch on real images (the run's "
+        "validation images, or --check-images DIR): max |difference| of the class probabilities, same winners, "
+        "and CPU latency of both at batch 1, printed and written to parity.json; exits 2 if parity fails "
+        "(a probability differs by more than 1e-4 or a winner differs). Writes model_card.md too.",
+        "examples:\n  poetry run export --run runs/<id>                          # runs/<id>/export/model.onnx\n"
+        "  poetry run export --run runs/<id> --check-images ../shared/data/new-images\n"
+        "  poetry run export --run runs/<id> --format torchscript     # runs/<id>/export/torchscript/model.pt\n"
+        "then: poetry run predict --onnx runs/<id>/export/model.onnx IMAGES",
+    )
+    parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
+    parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="(default: %(default)s)")
+    parser.add_argument("--out", type=Path, help="model file (default: <run>/export/model.onnx or model.pt)")
+    parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to export (default: best)")
+    parser.add_argument("--check-images", type=Path, metavar="DIR", help="images for the parity check (default: the run's validation images)")
+    parser.add_argument("--repeats", type=_positive_int, default=50, help="latency: timed calls per model, median reported (default: %(default)s)")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="latency: CPU threads of both runtimes (default: %(default)s)")
+
+    def action(args: argparse.Namespace, _: list[str]) -> int:
+        from research.export import export_run
+
+        result = export_run(
+            args.run, fmt=args.format, out=args.out, checkpoint=args.checkpoint, images_dir=args.check_images,
+            repeats=args.repeats, threads=args.threads,
+        )
+        _print(result.model)
         return 0
 
     run_main(parser, argv, action)

@@ -271,3 +271,19 @@ class HaarFaceCropper:
             crop_box=(x0, y0, x1, y1),
             n_faces=len(faces),
         )
+
+    def crop_all(self, image: np.ndarray) -> list[FaceCrop]:
+        """Every detected face (not just the largest), largest first, each cropped like
+        :meth:`__call__`; an empty list when there is none (no fallback to the whole image)."""
+        rgb = _as_rgb(image)
+        faces = self.detect(rgb)
+        crops = []
+        for box in faces:
+            x0, y0, x1, y1 = square_crop_box(box, rgb.shape, self.margin)
+            crops.append(
+                FaceCrop(
+                    image=rgb[y0:y1, x0:x1].copy(), found=True, fallback=False, box=box,
+                    crop_box=(x0, y0, x1, y1), n_faces=len(faces),
+                )
+            )
+        return crops

@@ -19,8 +19,10 @@ from omegaconf import DictConfig
 
 from research import builders, plots
 from research.config import flatten, load_saved_config
+from research.data.transforms import build_eval_transform
 from research.engine import metrics as M
 from research.engine.trainer import resolve_device
+from research.exported import ExportedModelError, OnnxModel
 from research.models.classifier import FERClassifier
 from research.tracking.runs import RunFolder, read_checkpoint, write_json, write_npz
 from research.tracking.wandb_log import WandbRun, linked_run
@@ -32,16 +34,24 @@ TTA_CHOICES = ("none", "hflip")
 
 @dataclass
 class LoadedRun:
-    """A trained model ready for inference, with the run's own eval transform."""
+    """A trained model ready for inference, with the run's own eval transform.
 
-    run: RunFolder
-    model: FERClassifier
+    ``model`` is the PyTorch model of a run folder, or an :class:`OnnxModel` of an exported file
+    (:func:`load_onnx`; then ``run`` and ``cfg`` are ``None`` and everything else comes from the
+    file's metadata). Either is called the same way by :func:`predict_logits`.
+    """
+
+    run: RunFolder | None
+    model: FERClassifier | OnnxModel
     transform: Callable[..., dict[str, Any]]  # albumentations: transform(image=HxWx3 uint8)["image"] -> (C, H, W)
-    cfg: DictConfig
+    cfg: DictConfig | None
     class_names: list[str]
     mean: tuple[float, ...]
     std: tuple[float, ...]
     device: torch.device
+    run_id: str = "?"
+    faces: dict[str, Any] | None = None  # the run's Haar settings (config ``faces``)
+    predictions_dir: Path | None = None  # where predictions go by default
 
 
 def load_run(path: str | Path, *, which: str = "best", device: str = "auto") -> LoadedRun:
@@ -54,13 +64,37 @@ def load_run(path: str | Path, *, which: str = "best", device: str = "auto") -> 
     dev = resolve_device(device)
     model.to(dev).eval()
     mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
-    return LoadedRun(run, model, builders.eval_transform(cfg, mean, std), cfg, list(ckpt["class_names"]), mean, std, dev)
+    return LoadedRun(
+        run, model, builders.eval_transform(cfg, mean, std), cfg, list(ckpt["class_names"]), mean, std, dev,
+        run_id=run.run_id, faces=dict(cfg.faces), predictions_dir=run.predictions,
+    )
+
+
+def load_onnx(path: str | Path, *, threads: int | None = None) -> LoadedRun:
+    """An exported ONNX model ready for inference through onnxruntime (CPU), with the eval
+    transform rebuilt from the file's metadata (no run folder needed).
+
+    Raises:
+        ExportedModelError: the file is missing, damaged or lacks this package's metadata.
+    """
+    model = OnnxModel(path, threads=threads)
+    meta = model.metadata
+    try:
+        transform = build_eval_transform(meta.image_size, channels=meta.channels, mean=meta.mean, std=meta.std)
+    except ValueError as err:
+        raise ExportedModelError(f"{path}: {err}") from None
+    return LoadedRun(
+        None, model, transform, None, list(meta.class_names), meta.mean, meta.std, torch.device("cpu"),
+        run_id=meta.run_id, faces=dict(meta.faces), predictions_dir=Path(path).parent / "predictions",
+    )
 
 
 def linked_wandb_run(
     loaded: LoadedRun, *, job_type: str, name: str, mode: str | None, extra_config: dict[str, Any] | None = None
 ) -> WandbRun:
     """The W&B run of work done with a trained run (predict, evaluate), grouped with it."""
+    if loaded.run is None or loaded.cfg is None:
+        raise ValueError("a W&B run is linked to a run folder; an exported model has none")
     return linked_run(
         source_run_id=loaded.run.run_id, run_dir=loaded.run.path, config={**flatten(loaded.cfg), **(extra_config or {})},
         wandb_cfg=loaded.cfg.wandb, job_type=job_type, name=name, mode=mode,

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 
 from research import plots
-from research.builders import face_cropper
+from research.builders import haar_cropper
 from research.data.classes import label_from_filename, try_canonical_name
 from research.data.images import ImageDecodeError, is_image_path, load_image
 from research.faces import HaarFaceCropper, NoFaceFoundError
-from research.inference import LoadedRun, linked_wandb_run, load_run, predict_arrays
+from research.inference import LoadedRun, linked_wandb_run, load_onnx, load_run, predict_arrays
 from research.tracking.runs import RunFolder, write_json
 from research.tracking.wandb_log import WandbRun
 
@@ -130,7 +130,7 @@ def predict_images(
                 "original": item.image, "crop": None if crop is None or not crop.found else crop.image, "preprocessed": model_input,
             }
         )
-    plots.plot_prediction_sheet([out_dir / r["panel"] for r in records], out_dir / "sheet.png", title=f"{loaded.run.run_id}: new images ({mode})")
+    plots.plot_prediction_sheet([out_dir / r["panel"] for r in records], out_dir / "sheet.png", title=f"{loaded.run_id}: new images ({mode})")
     write_json(out_dir / "predictions.json", [_json_record(r) for r in records])
     return records
 
@@ -192,7 +192,7 @@ def _effect(raw: dict[str, Any], haar: dict[str, Any]) -> str:
 
 
 def predict_folder(
-    run: RunFolder | str | Path,
+    run: RunFolder | str | Path | None,
     images_dir: str | Path,
     *,
     face: str = "both",
@@ -202,11 +202,14 @@ def predict_folder(
     wandb_run: WandbRun | None = None,
     loaded: LoadedRun | None = None,
 ) -> dict[str, Any]:
-    """Score a folder in the requested modes; returns ``{"modes": {mode: records}, "comparison": ...}``."""
+    """Score a folder in the requested modes; returns ``{"modes": {mode: records}, "comparison": ...}``.
+
+    ``loaded`` (a run folder's model, or an exported one from :func:`load_onnx`) replaces ``run``."""
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
-    cropper = face_cropper(loaded.cfg, fallback=fallback)
+    cropper = haar_cropper(loaded.faces, fallback=fallback)
     images, skipped = read_new_images(images_dir)
-    out_root = Path(out) if out else loaded.run.predictions
+    out_root = Path(out) if out else loaded.predictions_dir
+    assert out_root is not None
     by_mode = {
         mode: predict_images(loaded, images, mode=mode, cropper=cropper if mode == "haar" else None, out_dir=out_root / mode)
         for mode in MODES[face]
@@ -238,9 +241,22 @@ def _log_summary(comparison: dict[str, Any]) -> None:
 
 
 def predict_cli(
-    run: Path, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool, wandb_mode: str | None
+    run: Path | None, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool,
+    wandb_mode: str | None, onnx: Path | None = None,
 ) -> dict[str, Any]:
-    """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run."""
+    """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run.
+
+    With ``onnx`` (an exported model) the images are scored through onnxruntime with the
+    preprocessing in the file's metadata; there is no run folder, so no W&B run and ``--out``
+    defaults to ``<model folder>/predictions``."""
+    if onnx is not None:
+        if not Path(images).is_dir():
+            raise FileNotFoundError(f"image folder {images} does not exist")
+        loaded = load_onnx(onnx)
+        result = predict_folder(None, images, face=face, out=out, checkpoint=onnx.name, fallback=fallback, loaded=loaded)
+        log.info("predictions written to %s", result["out"])
+        return result
+    assert run is not None
     loaded = load_run(run, which=checkpoint)
     wandb_run = linked_wandb_run(loaded, job_type="predict", name="predict", mode=wandb_mode)
     try:

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from research import plots
+from research.report.card import write_model_cards
 from research.report.collect import (
     MODES,
     TRAIN_HINT,
@@ -40,6 +41,7 @@ from research.report.statistics import (
     group_runs,
 )
 
+MODEL_CARDS = "model_cards"  # folder beside the report: one card per run
 DEFAULT_TITLE = "Facial-expression recognition: model comparison"
 SYNTHETIC_LABEL = "SYNTHETIC demo data: these numbers say nothing about real faces"
 METRICS = ("acc", "top2", "macro_f1", "weighted_f1", "loss", "ece")
@@ -408,12 +410,14 @@ def _sweeps(sweeps: Sequence[SweepRecord], figures: _Figures) -> list[str]:
     return lines
 
 
-def _per_model(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
+def _per_model(runs: Sequence[RunRecord], figures: _Figures, cards: Mapping[str, Path]) -> list[str]:
     if not runs:
         return []
     lines = ["## Per model", ""]
     for record in runs:
         lines += [f"### {record.label} (`{record.run_id}`)", "", f"Trained on {_dataset_text(record)}.", ""]
+        if record.key in cards:
+            lines += [f"Model card: [{MODEL_CARDS}/{cards[record.key].name}]({_link(cards[record.key], figures.report_dir)})", ""]
         if record.synthetic:
             lines += [f"> **{SYNTHETIC_LABEL}.**", ""]
         if record.path is None:
@@ -610,7 +614,8 @@ def build_report(
             lines += _dataset_section(group, figures, chart_name)
         runs = [r for group in groups for r in group]  # the later sections follow the dataset order
     lines += _sweeps(run_set.sweeps, figures)
-    lines += _per_model(runs, figures)
+    cards = write_model_cards(runs, Path(out).parent / MODEL_CARDS) if runs else {}
+    lines += _per_model(runs, figures, cards)
     lines += _new_images(runs, figures, include_new_image_figures)
     lines += _evaluations(runs)
     lines += _reproducibility(runs, figures)

@@ -1,0 +1,174 @@
+"""Export: ONNX/TorchScript files that describe their own preprocessing, checked for parity with
+PyTorch, scored by ``predict --onnx`` exactly like the PyTorch path; damaged files exit 2."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from research.cli import export_main, predict_main
+from research.data.demo import write_demo_new_images
+from research.exported import OnnxModel
+from tests.conftest import SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def check_images(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("check") / "images"
+    write_demo_new_images(folder, per_class=1, seed=5)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, check_images, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "model.onnx"
+    with pytest.raises(SystemExit) as e:
+        export_main(["--run", str(trained_run), "--out", str(out), "--check-images", str(check_images), "--repeats", "3"])
+    assert e.value.code == 0
+    return out
+
+
+def test_onnx_metadata_read_back(exported, trained_run):
+    proto = onnx.load(str(exported))
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["run_id"] == "trained" and props["checkpoint"].startswith("best (epoch ")
+    assert json.loads(props["image_size"]) == 32 and json.loads(props["channels"]) == 1
+    ckpt = torch.load(trained_run / "best.pt", map_location="cpu", weights_only=False)
+    assert json.loads(props["mean"]) == pytest.approx(ckpt["mean"]) and json.loads(props["std"]) == pytest.approx(ckpt["std"])
+    assert json.loads(props["class_names"]) == ckpt["class_names"]
+    assert "longest side" in props["resize_rule"] and "pad" in props["resize_rule"]
+    sidecar = json.loads(exported.with_name("model.json").read_text())
+    assert {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in sidecar.items()} == props
+    batch = proto.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch.dim_param == "batch"  # dynamic batch axis
+
+
+def test_parity_json_and_card(exported, check_images):
+    parity = json.loads(exported.with_name("parity.json").read_text())
+    assert parity["ok"] is True and parity["images"] == 7 and parity["same_winners"] == 7
+    assert parity["max_abs_diff"] <= 1e-4 and parity["different_winners"] == []
+    assert parity["latency_ms"]["torch"] > 0 and parity["latency_ms"]["exported"] > 0 and parity["latency_ms"]["batch"] == 1
+    assert parity["images_from"] == str(check_images)
+    card = exported.with_name("model_card.md").read_text()
+    assert "## Export" in card and "same winner on 7 of 7" in card and "**passed**" in card
+
+
+def test_dynamic_batch_gives_the_same_logits_per_image(exported):
+    model = OnnxModel(exported)
+    x = torch.randn(5, 1, 32, 32)
+    together = model(x)
+    one_by_one = torch.cat([model(x[i : i + 1]) for i in range(5)])
+    assert together.shape == (5, 7)
+    torch.testing.assert_close(together, one_by_one, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_onnx_equals_pytorch(exported, trained_run, check_images, tmp_path):
+    for argv in (
+        ["--onnx", str(exported), str(check_images), "--out", str(tmp_path / "onnx")],
+        ["--run", str(trained_run), str(check_images), "--out", str(tmp_path / "torch"), "--wandb", "disabled"],
+    ):
+        with pytest.raises(SystemExit) as e:
+            predict_main(argv)
+        assert e.value.code == 0
+    for mode in ("raw", "haar"):
+        onnx_records = json.loads((tmp_path / "onnx" / mode / "predictions.json").read_text())
+        torch_records = json.loads((tmp_path / "torch" / mode / "predictions.json").read_text())
+        assert [r["image"] for r in onnx_records] == [r["image"] for r in torch_records] and len(onnx_records) == 7
+        for a, b in zip(onnx_records, torch_records, strict=True):
+            assert a["winner"] == b["winner"] and a["box"] == b["box"]
+            assert max(abs(a["scores"][c] - b["scores"][c]) for c in a["scores"]) <= 1e-4
+            assert (tmp_path / "onnx" / mode / a["panel"]).stat().st_size > 1000
+        assert (tmp_path / "onnx" / mode / "sheet.png").is_file()
+    onnx_cmp = json.loads((tmp_path / "onnx" / "comparison.json").read_text())
+    torch_cmp = json.loads((tmp_path / "torch" / "comparison.json").read_text())
+    for mode, stats in torch_cmp["modes"].items():
+        assert onnx_cmp["modes"][mode]["mean_confidence"] == pytest.approx(stats.pop("mean_confidence"), abs=1e-4)
+        assert {k: v for k, v in onnx_cmp["modes"][mode].items() if k != "mean_confidence"} == stats
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.load is deprecated; the test reads the file it wrote
+def test_torchscript_export_carries_the_metadata(trained_run, check_images, tmp_path):
+    out = tmp_path / "ts" / "model.pt"
+    with pytest.raises(SystemExit) as e:
+        export_main(["--run", str(trained_run), "--format", "torchscript", "--out", str(out),
+                     "--check-images", str(check_images), "--repeats", "2"])
+    assert e.value.code == 0
+    extra = {"model.json": ""}
+    torch.jit.load(str(out), _extra_files=extra)
+    meta = json.loads(extra["model.json"])
+    assert meta["export_format"] == "torchscript" and meta["image_size"] == 32 and meta["run_id"] == "trained"
+    parity = json.loads(out.with_name("parity.json").read_text())
+    assert parity["ok"] and parity["max_abs_diff"] <= 1e-4
+
+
+def _garbage(good: Path, bad: Path) -> None:
+    bad.write_bytes(b"\x08\x07 this is not a protobuf \xff\xfe" * 10)
+
+
+def _truncated(good: Path, bad: Path) -> None:
+    bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+
+
+def _no_metadata(good: Path, bad: Path) -> None:
+    proto = onnx.load(str(good))
+    del proto.metadata_props[:]
+    onnx.save(proto, str(bad))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [(_garbage, "damaged or not an ONNX model"), (_truncated, "damaged or not an ONNX model"),
+     (_no_metadata, "not a model exported by `poetry run export`")],
+)
+def test_damaged_onnx_exits_2_naming_the_file(damage, message, exported, check_images, tmp_path, caplog):
+    bad = tmp_path / "bad.onnx"
+    damage(exported, bad)
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as e:
+        predict_main(["--onnx", str(bad), str(check_images), "--out", str(tmp_path / "out")])
+    assert e.value.code == 2
+    assert str(bad) in caplog.text and message in caplog.text
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_parity_exits_2_and_says_why(trained_run, check_images, tmp_path, monkeypatch, caplog):
+    def off_by_a_bit(self, x):
+        return torch.from_numpy(self.run_numpy(x.numpy())) + torch.linspace(0, 1, 7)
+
+    monkeypatch.setattr(OnnxModel, "__call__", off_by_a_bit)
+    out = tmp_path / "model.onnx"
+    with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as e:
+        export_main(["--run", str(trained_run), "--out", str(out), "--check-images", str(check_images), "--repeats", "1"])
+    assert e.value.code == 2
+    assert "parity check failed" in caplog.text and str(out) in caplog.text
+    parity = json.loads(out.with_name("parity.json").read_text())
+    assert parity["ok"] is False and parity["max_abs_diff"] > 1e-4
+
+
+def test_export_checks_its_inputs_before_writing(trained_run, tmp_path, caplog):
+    (tmp_path / "empty").mkdir()
+    for argv in (
+        ["--run", str(tmp_path / "missing-run")],
+        ["--run", str(trained_run), "--check-images", str(tmp_path / "empty"), "--out", str(tmp_path / "x" / "model.onnx")],
+    ):
+        with pytest.raises(SystemExit) as e:
+            export_main(argv)
+        assert e.value.code == 2
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "new-images").is_dir(), reason="../shared/data/new-images absent")
+def test_parity_on_the_real_new_images(trained_run, tmp_path):
+    shutil.rmtree(tmp_path / "e", ignore_errors=True)
+    with pytest.raises(SystemExit) as e:
+        export_main(["--run", str(trained_run), "--out", str(tmp_path / "e" / "model.onnx"),
+                     "--check-images", str(SHARED_DATA / "new-images"), "--repeats", "2"])
+    assert e.value.code == 0
+    parity = json.loads((tmp_path / "e" / "parity.json").read_text())
+    assert parity["images"] == 14 and parity["same_winners"] == 14 and np.isfinite(parity["max_abs_diff"])

@@ -1,0 +1,84 @@
+"""Model cards: read back from the markdown, every number equal to the run folder's."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+
+from research.report import report_cli
+from research.report.card import write_model_card
+
+SECTIONS = ("## Model", "## Data", "## Preprocessing", "## Metrics", "## Calibration", "## Known weaknesses", "## Intended use and limits")
+
+
+def _section(card: str, title: str) -> str:
+    return card.split(title, 1)[1].split("\n## ", 1)[0]
+
+
+def test_card_of_a_trained_run(trained_run, tmp_path):
+    card = write_model_card(trained_run, tmp_path / "card.md").read_text()
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert card.startswith("# Model card: trained")
+    assert [s for s in SECTIONS if s not in card] == []
+    assert ("SYNTHETIC demo data." in card) == summary["dataset"]["synthetic"]
+    data = _section(card, "## Data")
+    counts = summary["dataset"]["class_counts"]
+    assert f"{summary['dataset']['train_images']} train / {summary['dataset']['val_images']} validation" in data
+    for cls, n in counts["train"].items():
+        assert re.search(rf"\| {cls} \| {n} \| {counts['validation'][cls]} \|", data)
+    pre = _section(card, "## Preprocessing")
+    assert "32x32 px, 1 channel(s) (grayscale)" in pre and "pad to 32 x 32" in pre and "Haar" in pre
+    metrics = _section(card, "## Metrics")
+    assert "**One seed**" in metrics
+    for key, name in (("val/acc", "accuracy"), ("val/macro_f1", "macro-F1"), ("val/ece", "ECE")):
+        assert re.search(rf"\| {re.escape(name)}[^|]* \| {summary['best'][key]:.3f} \|", metrics)
+    assert f"ECE {summary['best']['val/ece']:.3f}" in _section(card, "## Calibration")
+    weak = _section(card, "## Known weaknesses")
+    per_class = {k: v for k, v in json.loads((trained_run / "per_class.json").read_text()).items() if v["support"] > 0}
+    weakest, m = min(per_class.items(), key=lambda kv: (kv[1]["f1"], kv[0]))
+    assert f"| {weakest} | {m['f1']:.3f} | {m['precision']:.3f} | {m['recall']:.3f} | {int(m['support'])} |" in weak
+    confusion = json.loads((trained_run / "confusion_counts.json").read_text())
+    names, c = confusion["class_names"], confusion["counts"]
+    off = [(c[i][j], i, j) for i in range(len(names)) for j in range(len(names)) if i != j and c[i][j]]
+    if off:
+        count, i, j = max(off, key=lambda p: (p[0], -p[1], -p[2]))
+        assert f"true **{names[i]}** predicted as **{names[j]}**: {count} of {sum(c[i])}" in weak
+    limits = _section(card, "## Intended use and limits")
+    assert "Not for decisions about people" in limits and "Research and education" in limits
+
+
+def test_report_writes_linked_cards_with_the_spread_of_seeds(trained_run, tmp_path):
+    runs = tmp_path / "runs"
+    accuracy = {42: 0.5, 43: 0.7}
+    for seed, acc in accuracy.items():
+        folder = runs / f"trained-s{seed}"
+        shutil.copytree(trained_run, folder, ignore=shutil.ignore_patterns("predictions", "export", "wandb", "evaluations"))
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["run_id"], summary["seed"], summary["best"]["val/acc"] = folder.name, seed, acc
+        (folder / "summary.json").write_text(json.dumps(summary))
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["run"]["seed"] = seed
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    out = report_cli([runs], tmp_path / "reports" / "results.md")
+    markdown = out.read_text()
+    for seed in (42, 43):
+        card_path = tmp_path / "reports" / "model_cards" / f"trained-s{seed}.md"
+        assert f"](model_cards/trained-s{seed}.md)" in markdown
+        card = card_path.read_text()
+        metrics = _section(card, "## Metrics")
+        assert "over **2 seeds** (42, 43)" in metrics or "over **2 seeds** (43, 42)" in metrics
+        row = next(line for line in metrics.splitlines() if line.startswith("| accuracy |"))
+        assert row.startswith("| accuracy | 0.600 ± 0.141 |")  # mean and sample std of 0.5 and 0.7
+        assert row.endswith(f"| {accuracy[seed]:.3f} |")  # this run's own value
+
+
+@pytest.mark.parametrize("missing", ["per_class.json", "confusion_counts.json"])
+def test_a_card_says_what_the_run_folder_lacks(trained_run, tmp_path, missing):
+    folder = tmp_path / "run"
+    shutil.copytree(trained_run, folder, ignore=shutil.ignore_patterns("predictions", "export", "wandb", missing))
+    card = write_model_card(folder, tmp_path / "card.md").read_text()
+    assert f"({missing} missing)" in card
