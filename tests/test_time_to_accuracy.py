@@ -1,0 +1,53 @@
+"""Smoke test of benchmarks/time_to_accuracy.py: both sides train one epoch on the same tiny split."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def train_only(tmp_path, tiny_dataset) -> Path:
+    root = tmp_path / "train_only"
+    shutil.copytree(tiny_dataset / "train", root / "train")
+    return root
+
+
+@pytest.mark.parametrize("order", ["project,baseline", "baseline,project"])
+def test_both_sides_train_one_epoch_on_the_same_split(train_only, tmp_path, capsys, order):
+    out = tmp_path / "tta.json"
+    argv = [
+        "--data", str(train_only), "--val-fraction", "0.25", "--epochs", "1", "--seed", "1", "--order", order,
+        "--json", str(out), "--run-dir", str(tmp_path / "runs"), "--preset", "scratch_cnn",
+        "--overrides", "data.image_size=16", "data.batch_size=16", "train.threads=1", "wandb.mode=disabled",
+    ]
+    assert load_benchmark().main(argv) == 0
+
+    results = json.loads(out.read_text())
+    assert results["split"]["identical_on_both_sides"]
+    for side in ("project", "baseline"):
+        curve = results[side]["curve"]
+        assert [e["epoch"] for e in curve] == [1]
+        assert all(math.isfinite(e[k]) for e in curve for k in ("val_acc", "val_macro_f1", "train_loss", "wall_s", "cpu_s"))
+        assert 0 <= curve[0]["val_acc"] <= 1 and 0 <= curve[0]["val_macro_f1"] <= 1
+        assert results[side]["val_images"] == results["split"]["val_files"] > 0
+        assert results["summary"][side]["best_acc"] == curve[0]["val_acc"]
+    assert results["project"]["train_images"] == results["baseline"]["train_images"]
+    assert results["machine"]["nproc"] >= 1 and len(results["machine"]["loadavg_end"]) == 3
+
+    text = capsys.readouterr().out
+    assert "| project |" in text and "| baseline |" in text and "baseline / project" in text
