@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import warnings
 from pathlib import Path
 
@@ -14,7 +13,6 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", 
 # A JPEG over PIL's decompression-bomb limit is decoded at a reduced scale (JPEG's DCT scaling keeps
 # memory bounded): its longer side comes out between this and twice this many pixels.
 LARGE_JPEG_SIDE = 4096
-_LIMIT_LOCK = threading.Lock()
 
 
 class ImageDecodeError(ValueError):
@@ -81,19 +79,18 @@ def load_image(path: str | Path) -> np.ndarray:
 
 def _open_large_jpeg(path: Path) -> Image.Image:
     """Open an image over PIL's pixel limit: a JPEG is set to decode downscaled (bounded memory);
-    anything else is refused as a decompression bomb."""
-    with _LIMIT_LOCK:
-        limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            img = Image.open(path)
-        finally:
-            Image.MAX_IMAGE_PIXELS = limit
-    if img.format != "JPEG":
-        size = img.size
-        img.close()
+    anything else is refused as a decompression bomb. The JPEG plugin is used directly, which skips
+    ``Image.open``'s size check for this file only (the global limit is never changed: other
+    threads decode at the same time)."""
+    from PIL import JpegImagePlugin
+
+    with open(path, "rb") as fh:
+        is_jpeg = fh.read(3) == b"\xff\xd8\xff"
+    if not is_jpeg:
         raise ImageDecodeError(
-            f"{path}: {size[0]}x{size[1]} pixels is over the decompression-bomb limit ({limit} pixels) and only "
+            f"{path}: over the decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} pixels, PIL's) and only "
             "JPEGs can be decoded downscaled. Shrink the file, or set data.bad_files=skip to leave it out."
         )
+    img = JpegImagePlugin.JpegImageFile(str(path))
     img.draft("RGB", (LARGE_JPEG_SIDE, LARGE_JPEG_SIDE))
     return img
