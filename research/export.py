@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from research.data.datasets import load_datasets
-from research.exported import ExportParityError, ModelMetadata, OnnxModel
+from research.exported import ExportParityError, ModelMetadata, OnnxModel, as_metadata_props
 from research.inference import LoadedRun, load_run, predict_logits, preprocess
 from research.predict import read_new_images
 from research.report.card import write_model_card
@@ -180,7 +180,7 @@ def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path, reco
             dynamic_axes={record["input_name"]: {0: "batch"}, record["output_name"]: {0: "batch"}},
         )
     proto = onnx.load(str(tmp))
-    onnx.helper.set_model_props(proto, {k: v if isinstance(v, str) else _json(v) for k, v in record.items()})
+    onnx.helper.set_model_props(proto, as_metadata_props(record))
     proto.doc_string = f"Facial-expression classifier {record['model_name']} of run {record['run_id']}; preprocessing: {record['resize_rule']}"
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
@@ -193,13 +193,9 @@ def _export_torchscript(model: torch.nn.Module, example: torch.Tensor, path: Pat
     with _quiet_export():
         with torch.no_grad():
             traced = torch.jit.trace(model, example)
-        torch.jit.save(traced, str(tmp), _extra_files={"model.json": _json(record)})
+        torch.jit.save(traced, str(tmp), _extra_files={"model.json": json.dumps(record)})
         tmp.replace(path)
         return torch.jit.load(str(path), map_location="cpu").eval()
-
-
-def _json(value: Any) -> str:
-    return json.dumps(value)
 
 
 def _median_ms(call: Callable[[], Any], repeats: int) -> float:

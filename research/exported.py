@@ -75,10 +75,6 @@ class ModelMetadata:
         out["mean"], out["std"] = list(self.mean), list(self.std)
         return out
 
-    def to_props(self) -> dict[str, str]:
-        """ONNX ``metadata_props``: strings; lists and dicts as JSON."""
-        return {k: v if isinstance(v, str) else json.dumps(v) for k, v in self.to_dict().items()}
-
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, source: str | Path) -> ModelMetadata:
         """Metadata as :meth:`to_dict` wrote it (values may still be JSON strings, as in ONNX)."""
@@ -157,3 +153,9 @@ class OnnxModel:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.run_numpy(x.detach().cpu().numpy()))
+
+
+def as_metadata_props(record: Mapping[str, Any]) -> dict[str, str]:
+    """A metadata record as ONNX ``metadata_props``: strings, with lists, dicts and numbers as JSON
+    (:meth:`ModelMetadata.from_dict` reads them back)."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in record.items()}
