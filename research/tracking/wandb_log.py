@@ -96,7 +96,7 @@ class WandbRun:
         if not in_sweep:
             kwargs.update(id=_wandb_id(run_id), resume="allow" if resume else None)
         if self.mode == "offline":
-            log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `wandb sync`", directory)
+            log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `poetry run sync-runs %s`", directory, directory)
             self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
             self._staging = staging.enter()
         wandb_logger = logging.getLogger("wandb")
