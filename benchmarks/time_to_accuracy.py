@@ -75,6 +75,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", default="scratch_cnn", help="project preset in research/configs/ (default: %(default)s)")
     parser.add_argument("--overrides", nargs="*", default=[], metavar="KEY=VALUE", help="dotted config overrides for the project side")
     parser.add_argument("--budget-s", type=float, help="wall-clock budget per side, seconds")
+    parser.add_argument("--baseline-budget-s", type=float,
+                        help="the baseline's own wall-clock budget (default: --budget-s); e.g. enough to reach --target-acc")
+    parser.add_argument("--stop-at-target", action="store_true",
+                        help="stop each side at the first epoch that reaches --target-acc (time-to-target runs only)")
     parser.add_argument("--epochs", type=int, help="epoch cap per side (default: the preset's train.epochs)")
     parser.add_argument("--target-acc", type=float, default=0.6, help="validation accuracy to time (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="run.seed of the project, torch seed of the baseline (default: %(default)s)")
@@ -182,8 +186,17 @@ def project_config(args: argparse.Namespace, run_dir: Path) -> Any:
     return load_config(args.preset, overrides)
 
 
-def over_budget(args: argparse.Namespace, wall: float) -> bool:
-    return args.budget_s is not None and wall >= args.budget_s
+def side_budget(args: argparse.Namespace, side: str) -> float | None:
+    if side == "baseline" and getattr(args, "baseline_budget_s", None) is not None:
+        return args.baseline_budget_s
+    return args.budget_s
+
+
+def over_budget(args: argparse.Namespace, wall: float, side: str = "project", acc: float = 0.0) -> bool:
+    budget = side_budget(args, side)
+    if getattr(args, "stop_at_target", False) and acc >= args.target_acc:
+        return True
+    return budget is not None and wall >= budget
 
 
 def run_project(cfg: Any, args: argparse.Namespace, threads: int) -> dict[str, Any]:
@@ -199,7 +212,7 @@ def run_project(cfg: Any, args: argparse.Namespace, threads: int) -> dict[str, A
         })
         log.info("project epoch %d: val acc %.4f, macro-F1 %.4f, %.1f s wall, %.1f s CPU",
                  row["epoch"], row["val/acc"], row["val/macro_f1"], clocks["wall_s"], clocks["cpu_s"])
-        return over_budget(args, clocks["wall_s"])
+        return over_budget(args, clocks["wall_s"], "project", float(row["val/acc"]))
 
     summary = train(cfg, command="benchmarks/time_to_accuracy.py", on_epoch=on_epoch)
     total = clock.read()  # includes train()'s final evaluation of best.pt, after the last epoch
@@ -300,7 +313,7 @@ def run_baseline(
             curve.append({"epoch": epoch, "val_acc": acc, "val_macro_f1": f1, "train_loss": total / max(count, 1), **clocks})
             log.info("baseline epoch %d: val acc %.4f, macro-F1 %.4f, %.1f s wall, %.1f s CPU (%.1f s in workers)",
                      epoch, acc, f1, clocks["wall_s"], clocks["cpu_s"], clocks["children_cpu_s"])
-            if over_budget(args, clocks["wall_s"]):
+            if over_budget(args, clocks["wall_s"], "baseline", acc):
                 break
         end = clock.read()
     return {
@@ -349,12 +362,18 @@ def markdown(results: dict[str, Any]) -> str:
     m, a, cmp = results["machine"], results["args"], results["comparison"]
     target = f"{100 * a['target_acc']:.0f} %"
     budget = f"a budget of {a['budget_s']:.0f} s wall" if a["budget_s"] is not None else "no wall-clock budget"
+    if a.get("baseline_budget_s") is not None:
+        budget += f" for the project and {a['baseline_budget_s']:.0f} s for the baseline"
+    else:
+        budget += " per side"
+    if a.get("stop_at_target"):
+        budget += f", each side stopped at {target}"
     lines = [
         f"Machine: {m['cpu']}, nproc {m['nproc']}, torch {m['torch']}, {results['threads']} torch thread(s); "
         f"load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in m['loadavg_start'])} at start, "
         f"{'/'.join(f'{x:.2f}' for x in m['loadavg_end'])} at end.",
         f"Data: {a['data']} ({results['project']['train_images']} train / {results['project']['val_images']} validation "
-        f"images, the same files on both sides); {budget} per side, epoch cap "
+        f"images, the same files on both sides); {budget}; epoch cap "
         f"{results['project']['epochs_cap']}; seed {a['seed']}; order {a['order']}.",
         "",
         f"| side | what | epochs (within budget) | time to {target}: wall s | CPU s | best val acc (epoch) | best macro-F1 |",
@@ -411,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise RuntimeError("the project's recorded validation split differs from the baseline's; the comparison is void")
     results["split"] = {"val_files": len(recorded), "identical_on_both_sides": True}
     results["machine"]["loadavg_end"] = list(os.getloadavg())
-    results["summary"] = {name: side_summary(results[name], args.budget_s, args.target_acc) for name in SIDES}
+    results["summary"] = {name: side_summary(results[name], side_budget(args, name), args.target_acc) for name in SIDES}
     results["comparison"] = compare(results)
     text = markdown(results)
     if args.json:

@@ -108,10 +108,20 @@ def build_eval_loader(dataset: Dataset, cfg: DictConfig) -> DataLoader:
 
 
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
-    """Weight decay on weights only (not on biases and norm parameters)."""
-    decay = [p for _, p in model.named_parameters() if p.ndim > 1]
-    no_decay = [p for _, p in model.named_parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": optim_cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Weight decay on weights only (not on biases and norm parameters). With
+    ``optim.backbone_lr_mult`` < 1 (discriminative learning rates) the pretrained backbone's groups
+    start at ``lr * backbone_lr_mult`` and the new head's at ``lr``; the scheduler scales every group
+    by the same factor. The head's groups come first, so ``param_groups[0]`` carries the logged lr."""
+    mult = float(optim_cfg.get("backbone_lr_mult", 1.0))
+    head_ids = {id(p) for p in model.head_parameters()} if mult != 1.0 and hasattr(model, "head_parameters") else set()
+    groups = []
+    for head in (True, False):
+        named = [(n, p) for n, p in model.named_parameters() if (id(p) in head_ids) == head]
+        lr = optim_cfg.lr if head else optim_cfg.lr * mult
+        for decay in (True, False):
+            params = [p for _, p in named if (p.ndim > 1) == decay]
+            if params:
+                groups.append({"params": params, "weight_decay": optim_cfg.weight_decay if decay else 0.0, "lr": lr})
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=optim_cfg.lr)

@@ -322,7 +322,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--face", type=_face_mode, default="raw", metavar="{raw,haar}", help="haar: crop the face first (default: raw)"
     )
-    parser.add_argument("--tta", choices=("none", "hflip"), default="none", help="test-time augmentation (default: none)")
+    parser.add_argument(
+        "--tta", choices=("none", "hflip"),
+        help="test-time augmentation (default: the run's train.tta, the setting its checkpoint was selected with)",
+    )
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/evaluations/<name>)")
     parser.add_argument("--name", help="evaluation name (default: derived from DATA_DIR and options)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (default: %(default)s)")

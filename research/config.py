@@ -77,6 +77,7 @@ class OptimConfig:
     min_lr_ratio: float = 0.01  # cosine floor as a fraction of lr
     step_size: int = 10  # step scheduler: epochs between decays
     gamma: float = 0.1  # step/plateau decay factor
+    backbone_lr_mult: float = 1.0  # discriminative learning rates: the backbone trains at lr x this, the new head at lr
 
 
 @dataclass
@@ -85,13 +86,14 @@ class TrainConfig:
     label_smoothing: float = 0.0
     class_weighting: str = "none"  # none | sqrt | balanced: class weights in the loss (inverse frequency, or its sqrt)
     grad_clip: float = 0.0  # max gradient norm; 0 = off
-    amp: bool = True  # mixed precision (CUDA only)
-    channels_last: bool = True  # memory format (CUDA only)
+    amp: bool = True  # mixed precision: float16/bfloat16 on CUDA, bfloat16 on CPUs whose oneDNN supports it
+    channels_last: bool = True  # channels-last memory format (CPU and CUDA)
     early_stopping_patience: int = 0  # epochs without improvement of monitor; 0 = off
     monitor: str = "val/macro_f1"  # metric that picks best.pt and drives early stopping
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch deterministic algorithms (slower on CUDA)
     threads: int = 0  # torch CPU threads; 0 = torch default
+    tta: str = "none"  # none | hflip: validation and final evaluation score the mean of image and mirror probabilities
 
 
 @dataclass
@@ -145,6 +147,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "augment.preset": tuple(AUGMENT_PRESETS),
     "model.mode": ("finetune", "frozen"),
     "optim.name": ("adamw", "sgd"),
+    "train.tta": ("none", "hflip"),
     "optim.scheduler": ("cosine", "step", "plateau", "none"),
     "train.class_weighting": ("none", "sqrt", "balanced"),
     "train.monitor": ("val/macro_f1", "val/acc", "val/top2", "val/loss", "val/weighted_f1"),
@@ -297,6 +300,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.min_lr_ratio": (lambda v: 0 <= v <= 1, "a fraction of optim.lr in [0, 1]"),
     "optim.step_size": (lambda v: v >= 1, ">= 1 epoch"),
     "optim.gamma": (lambda v: 0 < v <= 1, "a decay factor in (0, 1]"),
+    "optim.backbone_lr_mult": (lambda v: 0 < v <= 1, "a fraction of optim.lr in (0, 1] (1 = one rate for all)"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),

@@ -194,7 +194,8 @@ def evaluate_cli(args: Any) -> EvaluationResult:
     """``poetry run evaluate``: evaluation + a W&B run (job type evaluate) linked to the training run."""
     loaded = load_run(args.run, which=args.checkpoint)
     result = evaluate_run(
-        loaded, args.data_dir, split=args.split, face=args.face, tta=args.tta, out=args.out, name=args.name,
+        loaded, args.data_dir, split=args.split, face=args.face, tta=args.tta or (loaded.cfg.train.get("tta", "none") if loaded.cfg is not None else "none"),
+        out=args.out, name=args.name,
         batch_size=args.batch_size, bad_files=args.bad_files,
     )
     wandb_run = linked_wandb_run(

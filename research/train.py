@@ -137,7 +137,7 @@ def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> E
             targets.append(labels)
             yield images
 
-    logits = predict_logits(trainer.model, inputs(), device=trainer.device)
+    logits = predict_logits(trainer.model, inputs(), device=trainer.device, tta=trainer.tta)
     target = torch.cat(targets)
     # The loss as the trainer computes it: the run's loss function, averaged batch by batch.
     loss_sum, size = 0.0, val_loader.batch_size or len(target)
@@ -237,7 +237,14 @@ def _train(
     # The final evaluation scores the whole validation set in one process (rank 0).
     final_loader = builders.build_eval_loader(bundle.val, cfg) if distributed.enabled else val_loader
 
-    optimizer = builders.build_optimizer(model, cfg.optim)
+    optim_cfg = cfg.optim
+    if cfg.optim.backbone_lr_mult != 1.0 and model.pretrained_source.startswith("none"):
+        # Discriminative rates protect pretrained features; a randomly initialised backbone (e.g. the hub
+        # was unreachable and model.pretrained_fallback took over) needs the full rate to learn at all.
+        log.info("optim.backbone_lr_mult=%s ignored: the backbone is not pretrained, so it trains at optim.lr",
+                 cfg.optim.backbone_lr_mult)
+        optim_cfg = OmegaConf.merge(cfg.optim, {"backbone_lr_mult": 1.0})
+    optimizer = builders.build_optimizer(model, optim_cfg)
     scheduler, interval = builders.build_scheduler(
         optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=len(train_loader), monitor=cfg.train.monitor
     )
@@ -285,7 +292,7 @@ def _train(
     trainer = Trainer(
         model, optimizer=optimizer, loss_fn=builders.build_loss(cfg.train, bundle.train.class_counts), device=device,
         epochs=cfg.train.epochs, scheduler=scheduler, scheduler_interval=interval, grad_clip=cfg.train.grad_clip,
-        amp=cfg.train.amp, channels_last=cfg.train.channels_last, monitor=cfg.train.monitor,
+        amp=cfg.train.amp, channels_last=cfg.train.channels_last, monitor=cfg.train.monitor, tta=cfg.train.tta,
         patience=cfg.train.early_stopping_patience, unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
         seed=cfg.run.seed, checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
         distributed=distributed, progress=None if distributed.is_main else False,

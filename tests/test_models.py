@@ -142,3 +142,40 @@ def test_every_new_head_starts_at_a_uniform_prediction(name):
     with torch.no_grad():
         loss = torch.nn.functional.cross_entropy(model(x), torch.arange(8) % 7).item()
     assert abs(loss - math.log(7)) < 0.1, loss
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm/tf_efficientnet_lite0"])
+def test_discriminative_learning_rates(name):
+    """optim.backbone_lr_mult: the head's groups train at lr, the backbone's at lr x mult, every parameter
+    in exactly one group, weight decay on weights only; the schedule keeps the ratio."""
+    from omegaconf import OmegaConf
+
+    from research.builders import build_optimizer, build_scheduler
+
+    model = create_model(name, 7, in_chans=3)
+    cfg = OmegaConf.create({"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "scheduler": "cosine",
+                            "warmup_epochs": 1, "min_lr_ratio": 0.01, "step_size": 10, "gamma": 0.1,
+                            "backbone_lr_mult": 0.1})
+    opt = build_optimizer(model, cfg)
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())  # each parameter once
+    head = {id(p) for p in model.head_parameters()}
+    for g in opt.param_groups:
+        in_head = {id(p) in head for p in g["params"]}
+        assert len(in_head) == 1
+        assert g["lr"] == pytest.approx(1e-3 if in_head.pop() else 1e-4)
+        assert (g["weight_decay"] > 0) == all(p.ndim > 1 for p in g["params"])
+    assert {id(p) for p in opt.param_groups[0]["params"]} <= head  # the logged lr is the head's
+    sched, _ = build_scheduler(opt, cfg, epochs=3, steps_per_epoch=4, monitor="val/macro_f1")
+    for _ in range(6):
+        opt.step()
+        sched.step()
+    lrs = sorted({round(g["lr"] / opt.param_groups[0]["lr"], 6) for g in opt.param_groups})
+    assert lrs == [0.1, 1.0]
+
+
+def test_backbone_lr_mult_is_range_checked():
+    from research.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"optim.backbone_lr_mult=0.0 is out of range"):
+        load_config(None, ["optim.backbone_lr_mult=0"])

@@ -143,3 +143,29 @@ def test_cache_modes_give_the_same_history(tmp_path, tiny_dataset):
     weights = {mode: torch.load(Path(s.run_dir) / "best.pt", weights_only=False)["model"] for mode, s in runs.items()}
     for mode in ("mmap", "stream"):
         assert all(torch.equal(weights[mode][k], weights["memory"][k]) for k in weights["memory"]), mode
+
+
+def test_backbone_lr_mult_is_ignored_without_pretrained_weights(tmp_path, tiny_dataset, caplog):
+    """A randomly initialised backbone trains at the full rate: the discriminative split is for pretrained ones."""
+    import logging
+
+    cfg = load_config(None, [f"data.root={tiny_dataset}", f"run.dir={tmp_path}", "run.name=m", *FAST,
+                             "model.name=scratch_cnn_small", "optim.backbone_lr_mult=0.1"])
+    with caplog.at_level(logging.INFO, logger="research.train"):
+        train(cfg)
+    assert "optim.backbone_lr_mult=0.1 ignored" in caplog.text
+
+
+def test_hflip_tta_in_validation_and_final_evaluation(tmp_path, tiny_dataset):
+    """train.tta=hflip: the epoch's validation and the final evaluation of best.pt score the same averaged
+    probabilities, so the selected checkpoint's summary equals the history row it was selected from, and
+    a TTA validation differs from a plain one (the drawn faces are not mirror-symmetric)."""
+    plain = train(cfg_for(tiny_dataset, tmp_path, "run.name=plain", "train.epochs=2"))
+    tta = train(cfg_for(tiny_dataset, tmp_path, "run.name=tta", "train.epochs=2", "train.tta=hflip"))
+    rows_plain, rows_tta = _history(Path(plain.run_dir)), _history(Path(tta.run_dir))
+    assert [r["train/loss"] for r in rows_plain] == [r["train/loss"] for r in rows_tta]  # training is unchanged
+    assert [r["val/loss"] for r in rows_plain] != [r["val/loss"] for r in rows_tta]
+    saved = json.loads((Path(tta.run_dir) / "summary.json").read_text())
+    selected = next(r for r in rows_tta if r["epoch"] == saved["best_epoch"])
+    assert saved["best"]["val/acc"] == pytest.approx(selected["val/acc"], abs=1e-6)
+    assert saved["best"]["val/loss"] == pytest.approx(selected["val/loss"], abs=2e-2)  # bf16 epoch vs fp32 final

@@ -99,6 +99,14 @@ class TrainerState:
     stopped_by: str | None = None  # "early_stopping" | "callback" when the run ended before `epochs`
 
 
+def cpu_bf16_supported() -> bool:
+    """True where oneDNN runs bfloat16 natively (AVX-512 BF16 / AMX, or AVX-512 core), so autocast pays off."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 class Trainer:
     """Trains a :class:`FERClassifier`; checkpoints best/last; early stopping on ``monitor``."""
 
@@ -123,11 +131,13 @@ class Trainer:
         on_epoch_end: Callable[[dict[str, float], EpochOutput], bool | None] | None = None,
         progress: bool | None = None,
         distributed: Distributed | None = None,
+        tta: str = "none",
     ) -> None:
         self.device = device
         self.model = model.to(device)
         self.cuda = device.type == "cuda"
-        self.channels_last = channels_last and self.cuda
+        # channels-last helps oneDNN on CPU as much as cuDNN on CUDA (benchmarks/scratch_levers.py).
+        self.channels_last = channels_last and device.type in ("cpu", "cuda")
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.dist = distributed or Distributed()
@@ -138,9 +148,12 @@ class Trainer:
         self.loss_fn = loss_fn.to(device)
         self.epochs = epochs
         self.grad_clip = grad_clip
+        self.tta = tta  # "hflip": validation scores the mean of the image's and its mirror's probabilities
         self.amp_dtype = None
         if amp and self.cuda:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif amp and device.type == "cpu" and cpu_bf16_supported():
+            self.amp_dtype = torch.bfloat16  # oneDNN bf16 kernels; no loss scaling needed for bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.monitor = monitor
         self.minimize = monitor.endswith("loss")
@@ -161,6 +174,10 @@ class Trainer:
             images = images.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
             logits = self.net(images)
+            if not train and self.tta == "hflip":  # log of the mean probability, as inference.predict_logits
+                mirrored = self.net(torch.flip(images, dims=[3]))
+                probs = (torch.softmax(logits.float(), 1) + torch.softmax(mirrored.float(), 1)) / 2
+                logits = probs.clamp_min(1e-12).log()
             loss = self.loss_fn(logits.float(), targets)
         if train:
             if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank stops, not only the one that saw it
