@@ -219,7 +219,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         "predict",
         "Score a folder of new photos with a trained run, raw (the whole photo) and/or after a Haar-cascade "
         "face crop, using the run's own eval preprocessing. Writes per-image panels (original with the "
-        "detection box, crop, model input, class scores), a sheet, predictions.json and, when file names "
+        "detection box, crop, model input, class scores), a sheet, Grad-CAM heatmaps of the predicted class, predictions.json and, when file names "
         "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped. --onnx scores "
         "with an exported model (`poetry run export`) through onnxruntime instead, with the preprocessing "
         "stored in the file. --video/--camera annotate every face of a video (or a camera) into "
@@ -244,6 +244,10 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to score with (default: best)")
     parser.add_argument("--no-fallback", action="store_true", help="haar: leave out images without a detected face instead of scoring the whole image")
     parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode for the prediction table (default: the run's; none with --onnx)")
+    parser.add_argument(
+        "--no-gradcam", action="store_true",
+        help="images: skip the Grad-CAM heatmaps (<out>/<mode>/gradcam/*.png, <out>/gradcam_sheet.png); never made with --onnx",
+    )
     parser.add_argument("--every", type=_positive_int, default=1, metavar="N", help="video: score every Nth frame (default: 1)")
     parser.add_argument("--max-frames", type=_positive_int, metavar="N", help="video/camera: stop after N frames")
 
@@ -263,7 +267,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         from research.predict import predict_cli
 
         predict_cli(args.run, args.images, face=args.face, out=args.out, checkpoint=args.checkpoint,
-                    fallback=not args.no_fallback, wandb_mode=args.wandb, onnx=args.onnx)
+                    fallback=not args.no_fallback, wandb_mode=args.wandb, onnx=args.onnx, gradcam=not args.no_gradcam)
         return 0
 
     run_main(parser, argv, action)

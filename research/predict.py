@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from research import plots
+from research import explain, plots
 from research.builders import haar_cropper
 from research.data.classes import label_from_filename, try_canonical_name
 from research.data.images import ImageDecodeError, is_image_path, load_image
@@ -80,8 +80,10 @@ def predict_images(
     mode: str,
     cropper: HaarFaceCropper | None,
     out_dir: Path,
+    gradcam: bool = False,
 ) -> list[dict[str, Any]]:
-    """Score images in one mode (``raw`` or ``haar``); writes panels, sheet and predictions.json.
+    """Score images in one mode (``raw`` or ``haar``); writes panels, sheet and predictions.json,
+    and with ``gradcam`` the winner's Grad-CAM over each model input in ``gradcam/<image>.png``.
 
     In haar mode without fallback, images without a face are left out (no record);
     :func:`predict_folder` lists them in ``comparison.json``.
@@ -104,10 +106,11 @@ def predict_images(
     if not inputs:
         return []
     probs, tensors = predict_arrays(loaded, inputs)
+    cams = _gradcam_or_none(loaded, tensors, probs.argmax(1)) if gradcam else None
     names = loaded.class_names
     panels = plots.PredictionPanels()
     records = []
-    for (item, crop), p, tensor in zip(meta, probs, tensors, strict=True):
+    for index, ((item, crop), p, tensor) in enumerate(zip(meta, probs, tensors, strict=True)):
         scores = {c: float(v) for c, v in zip(names, p, strict=True)}
         winner = names[int(np.argmax(p))]
         face_found = None if crop is None else crop.found
@@ -130,9 +133,22 @@ def predict_images(
                 "original": item.image, "crop": None if crop is None or not crop.found else crop.image, "preprocessed": model_input,
             }
         )
+        if cams is not None:
+            records[-1]["gradcam_overlay"] = explain.overlay(model_input, cams[index])
+            cam_png = explain.save_overlay(out_dir / "gradcam" / f"{_safe_stem(item.name)}.png", records[-1]["gradcam_overlay"])
+            records[-1]["gradcam"] = str(cam_png.relative_to(out_dir))
     plots.plot_prediction_sheet([out_dir / r["panel"] for r in records], out_dir / "sheet.png", title=f"{loaded.run_id}: new images ({mode})")
     write_json(out_dir / "predictions.json", [_json_record(r) for r in records])
     return records
+
+
+def _gradcam_or_none(loaded: LoadedRun, tensors: Any, winners: np.ndarray) -> np.ndarray | None:
+    """Grad-CAM maps of the winners, or ``None`` (logged) when the model cannot be explained."""
+    try:
+        return explain.explain_run(loaded, tensors, winners.tolist())
+    except explain.GradCamError as err:
+        log.warning("no Grad-CAM images: %s", err)
+        return None
 
 
 def _crop_or_none(cropper: HaarFaceCropper, item: NewImage):
@@ -144,7 +160,7 @@ def _crop_or_none(cropper: HaarFaceCropper, item: NewImage):
 
 
 def _json_record(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in record.items() if k not in {"original", "crop", "preprocessed"}}
+    return {k: v for k, v in record.items() if k not in {"original", "crop", "preprocessed", "gradcam_overlay"}}
 
 
 def compare_modes(
@@ -201,19 +217,32 @@ def predict_folder(
     fallback: bool | None = None,
     wandb_run: WandbRun | None = None,
     loaded: LoadedRun | None = None,
+    gradcam: bool = True,
 ) -> dict[str, Any]:
     """Score a folder in the requested modes; returns ``{"modes": {mode: records}, "comparison": ...}``.
 
-    ``loaded`` (a run folder's model, or an exported one from :func:`load_onnx`) replaces ``run``."""
+    ``loaded`` (a run folder's model, or an exported one from :func:`load_onnx`) replaces ``run``.
+    ``gradcam``: also write each mode's Grad-CAM images and ``gradcam_sheet.png`` of all modes
+    (not for an exported model, which has no gradients)."""
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
     cropper = haar_cropper(loaded.faces, fallback=fallback)
     images, skipped = read_new_images(images_dir)
     out_root = Path(out) if out else loaded.predictions_dir
     assert out_root is not None
+    if gradcam and loaded.run is None:
+        log.info("no Grad-CAM for an exported model (it has no gradients); score with --run for Grad-CAM")
+        gradcam = False
     by_mode = {
-        mode: predict_images(loaded, images, mode=mode, cropper=cropper if mode == "haar" else None, out_dir=out_root / mode)
+        mode: predict_images(
+            loaded, images, mode=mode, cropper=cropper if mode == "haar" else None, out_dir=out_root / mode, gradcam=gradcam
+        )
         for mode in MODES[face]
     }
+    cam_sheet = out_root / "gradcam_sheet.png"
+    if any("gradcam_overlay" in r for records in by_mode.values() for r in records):
+        explain.plot_gradcam_sheet(by_mode, cam_sheet, title=f"{loaded.run_id}: Grad-CAM of the predicted class")
+    else:
+        cam_sheet.unlink(missing_ok=True)  # an earlier run's sheet would no longer match these predictions
     scored_haar = {r["image"] for r in by_mode.get("haar", [])}
     skipped_no_face = [i.name for i in images if "haar" in by_mode and i.name not in scored_haar]
     comparison = compare_modes(by_mode, skipped_no_face=skipped_no_face)
@@ -226,6 +255,7 @@ def predict_folder(
             if stats["accuracy"] is not None:
                 wandb_run.update_summary({f"new_images/{mode}_accuracy": stats["accuracy"]})
         wandb_run.log_images({f"predictions/{m}_sheet": out_root / m / "sheet.png" for m in by_mode})
+        wandb_run.log_images({"predictions/gradcam_sheet": cam_sheet})  # skipped when not written
     return {"modes": by_mode, "comparison": comparison, "out": out_root}
 
 
@@ -242,7 +272,7 @@ def _log_summary(comparison: dict[str, Any]) -> None:
 
 def predict_cli(
     run: Path | None, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool,
-    wandb_mode: str | None, onnx: Path | None = None,
+    wandb_mode: str | None, onnx: Path | None = None, gradcam: bool = True,
 ) -> dict[str, Any]:
     """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run.
 
@@ -260,7 +290,10 @@ def predict_cli(
     loaded = load_run(run, which=checkpoint)
     wandb_run = linked_wandb_run(loaded, job_type="predict", name="predict", mode=wandb_mode)
     try:
-        result = predict_folder(loaded.run, images, face=face, out=out, checkpoint=checkpoint, fallback=fallback, wandb_run=wandb_run, loaded=loaded)
+        result = predict_folder(
+            loaded.run, images, face=face, out=out, checkpoint=checkpoint, fallback=fallback, wandb_run=wandb_run,
+            loaded=loaded, gradcam=gradcam,
+        )
     finally:
         wandb_run.finish()
     log.info("predictions written to %s", result["out"])

@@ -60,7 +60,8 @@ def test_new_image_table_columns_rows_and_preprocessed_cells(run_with_images):
     assert table["columns"][:5] == ["image", "mode", "original", "face_crop", "preprocessed"]
     assert table["columns"][5:12] == ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
     assert len(table["data"]) == 2 * 7  # 7 photos, raw and haar
-    for name in ("original", "preprocessed"):
+    assert table["columns"][-1] == "gradcam"
+    for name in ("original", "preprocessed", "gradcam"):
         column = table["columns"].index(name)
         for row in table["data"]:
             pixels = np.asarray(Image.open(files[row[column]["path"]]).convert("L"), dtype=float)

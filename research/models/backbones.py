@@ -232,23 +232,24 @@ def create_timm_model(
     return FERClassifier(net, head_prefix=head, mean=mean, std=std, pretrained_source=source)
 
 
-TORCHVISION_MODELS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "mobilenet_v3_small",
-    "mobilenet_v3_large",
-    "efficientnet_b0",
-)
+# name -> Grad-CAM target layer: the last feature stage before the global pooling
+TORCHVISION_MODELS = {
+    "resnet18": "net.layer4",
+    "resnet34": "net.layer4",
+    "resnet50": "net.layer4",
+    "mobilenet_v3_small": "net.features",
+    "mobilenet_v3_large": "net.features",
+    "efficientnet_b0": "net.features",
+}
 
 
-def _register_torchvision(name: str) -> None:
+def _register_torchvision(name: str, cam_layer: str) -> None:
     def builder(num_classes: int = 7, **kwargs: Any) -> FERClassifier:
         return create_torchvision_model(name, num_classes, **kwargs)
 
     builder.__doc__ = f"torchvision {name} with a new head."
-    register_model(name)(builder)
+    register_model(name, cam_layer=cam_layer)(builder)
 
 
-for _name in TORCHVISION_MODELS:
-    _register_torchvision(_name)
+for _name, _cam_layer in TORCHVISION_MODELS.items():
+    _register_torchvision(_name, _cam_layer)

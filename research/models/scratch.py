@@ -73,13 +73,13 @@ def _scratch(num_classes: int, widths: Sequence[int], *, pretrained: bool = Fals
     return FERClassifier(net, head_prefix="head", mean=mean, std=std, pretrained_source="none", init_head=False)
 
 
-@register_model("scratch_cnn")
+@register_model("scratch_cnn", cam_layer="net.features")
 def scratch_cnn(num_classes: int = 7, **kwargs: object) -> FERClassifier:
     """~1.2 M parameters, widths 32-64-128-256."""
     return _scratch(num_classes, (32, 64, 128, 256), **kwargs)
 
 
-@register_model("scratch_cnn_small")
+@register_model("scratch_cnn_small", cam_layer="net.features")
 def scratch_cnn_small(num_classes: int = 7, **kwargs: object) -> FERClassifier:
     """~0.3 M parameters, widths 16-32-64-128: for CPU-only quick studies."""
     return _scratch(num_classes, (16, 32, 64, 128), **kwargs)

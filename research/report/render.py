@@ -487,6 +487,15 @@ def _new_images(runs: Sequence[RunRecord], figures: _Figures, include_figures: b
                 )
                 if link:
                     lines += [f"![new images, {mode}]({link})", ""]
+            link = figures.copy(record.key, record.path / "predictions" / "gradcam_sheet.png", "predictions_gradcam_sheet.png")
+            if link:
+                lines += [
+                    "Grad-CAM of the predicted class over each model input (red = the regions that raised "
+                    "its score most; each map scaled to its own maximum):",
+                    "",
+                    f"![Grad-CAM, {' / '.join(modes)}]({link})",
+                    "",
+                ]
     return lines
 
 

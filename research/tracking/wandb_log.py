@@ -180,15 +180,17 @@ class WandbRun:
 
         Each record: ``image`` (name), ``mode``, ``original`` / ``crop`` / ``preprocessed``
         (HxW[x3] arrays or None), ``scores`` (class -> probability), ``winner``, ``true``,
-        ``correct``, ``face_found``.
+        ``correct``, ``face_found``; optional ``gradcam_overlay`` (HxWx3 uint8), a last column ``gradcam``.
         """
         if not self.enabled:
             return
         wandb = self._wandb
         columns = ["image", "mode", "original", "face_crop", "preprocessed", *class_names, "winner", "true", "correct", "face_found"]
-        table = wandb.Table(columns=columns)
+        gradcam = any(r.get("gradcam_overlay") is not None for r in records)
+        table = wandb.Table(columns=[*columns, "gradcam"] if gradcam else columns)
         for r in records:
             crop = r.get("crop")
+            cam = r.get("gradcam_overlay")
             table.add_data(
                 r["image"], r.get("mode"),
                 wandb.Image(_as_uint8(r["original"])),
@@ -196,6 +198,7 @@ class WandbRun:
                 wandb.Image(_as_uint8(r["preprocessed"])),
                 *[float(r["scores"][c]) for c in class_names],
                 r["winner"], r.get("true"), r.get("correct"), r.get("face_found"),
+                *([wandb.Image(cam) if cam is not None else None] if gradcam else []),
             )
         self.run.log({key: table})
 
