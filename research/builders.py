@@ -19,13 +19,13 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
+from research.align import LandmarkAligner
 from research.config import ConfigError, augment_params
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle
 from research.data.face_crop import FaceCropStep
 from research.data.transforms import build_eval_transform, build_train_transform
 from research.engine.trainer import seed_worker
-from research.align import LandmarkAligner
 from research.faces import HaarFaceCropper
 from research.models import create_model
 from research.models.classifier import FERClassifier

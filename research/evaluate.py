@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from research.align import LandmarkAligner
 from research.builders import face_detector
 from research.data.classes import CANONICAL_CLASSES, label_from_filename
 from research.data.datasets import (
@@ -30,7 +31,6 @@ from research.data.datasets import (
     scan_split,
 )
 from research.data.images import ImageDecodeError, is_image_path, load_image
-from research.align import LandmarkAligner
 from research.faces import HaarFaceCropper
 from research.inference import (
     LoadedRun,
