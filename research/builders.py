@@ -8,6 +8,7 @@ eval preprocessing is the same object in both.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,9 +19,11 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
+from research.align import LandmarkAligner
 from research.config import ConfigError, augment_params
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle
+from research.data.face_crop import FaceCropStep
 from research.data.transforms import build_eval_transform, build_train_transform
 from research.engine.trainer import seed_worker
 from research.faces import HaarFaceCropper
@@ -28,6 +31,11 @@ from research.models import create_model
 from research.models.classifier import FERClassifier
 
 FACE_SETTINGS = ("scale_factor", "min_neighbors", "min_size", "margin", "pad", "upscale_to", "fallback")
+# faces.<key> -> LandmarkAligner argument; pad, upscale_to and fallback are shared with the Haar cropper.
+ALIGN_SETTINGS = {
+    "align_eye_distance": "eye_distance", "align_eye_y": "eye_y", "align_upsample": "upsample",
+    "pad": "pad", "upscale_to": "upscale_to", "fallback": "fallback",
+}
 Stats = tuple[tuple[float, ...], tuple[float, ...]]
 DISTRIBUTED_BALANCED = (
     "data.sampler=balanced is not available with several processes (torchrun); use data.sampler=shuffle "
@@ -168,11 +176,6 @@ def build_loss(train_cfg: DictConfig, class_counts: dict[str, int]) -> nn.Module
     return nn.CrossEntropyLoss(weight=weight, label_smoothing=train_cfg.label_smoothing)
 
 
-def face_cropper(cfg: DictConfig, *, fallback: bool | None = None) -> HaarFaceCropper:
-    """The Haar cropper of a run's ``faces`` settings (``fallback`` overrides the config's)."""
-    return haar_cropper(cfg.faces, fallback=fallback)
-
-
 def haar_cropper(faces: Mapping[str, Any] | None, *, fallback: bool | None = None) -> HaarFaceCropper:
     """The Haar cropper of ``faces`` settings as a run stores them (config ``faces``, or an exported
     model's metadata); missing settings take the cropper's defaults."""
@@ -180,3 +183,30 @@ def haar_cropper(faces: Mapping[str, Any] | None, *, fallback: bool | None = Non
     if fallback is not None:
         settings["fallback"] = fallback
     return HaarFaceCropper(**settings)
+
+
+def landmark_aligner(faces: Mapping[str, Any] | None, *, fallback: bool | None = None) -> LandmarkAligner:
+    """The landmark aligner of ``faces`` settings (config ``faces``, or an exported model's metadata);
+    missing settings take the aligner's defaults. Raises AlignUnavailableError without the extra."""
+    settings = {ALIGN_SETTINGS[k]: v for k, v in (faces or {}).items() if k in ALIGN_SETTINGS}
+    if fallback is not None:
+        settings["fallback"] = fallback
+    return LandmarkAligner(**settings)
+
+
+def face_detector(mode: str, faces: Mapping[str, Any] | None, *, fallback: bool | None = None) -> HaarFaceCropper | LandmarkAligner:
+    """The cropper of a face mode: ``haar`` or ``aligned``."""
+    if mode == "haar":
+        return haar_cropper(faces, fallback=fallback)
+    if mode == "aligned":
+        return landmark_aligner(faces, fallback=fallback)
+    raise ValueError(f"face mode {mode!r} has no detector; use haar or aligned")
+
+
+def dataset_face_crop(cfg: DictConfig) -> FaceCropStep | None:
+    """``data.face_crop``: the crop applied once to every decoded training and validation image
+    (always with the whole-image fallback), or ``None`` for ``none``."""
+    if cfg.data.face_crop == "none":
+        return None
+    mode = cfg.data.face_crop
+    return FaceCropStep(functools.partial(face_detector, mode, dict(cfg.faces), fallback=True), label=mode)

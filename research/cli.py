@@ -22,8 +22,9 @@ overrides: any config key as key=value or --key=value (the form `wandb agent` pa
   (all keys with defaults: `poetry run train --print-config`)
 """
 WANDB_MODES = CHOICES["wandb.mode"]
-# `predict --face`: "raw" scores the whole photo; "none" is accepted as its old name.
-FACE_MODES = ("raw", "haar", "both")
+# `predict --face`: "raw" scores the whole photo ("none" is accepted as its old name); "both" is raw + haar,
+# "all" is raw + haar + aligned (landmark alignment needs the optional extra: poetry install --extras align).
+FACE_MODES = ("raw", "haar", "aligned", "both", "all")
 
 Action = Callable[[argparse.Namespace, list[str]], int | None]
 
@@ -42,6 +43,7 @@ def setup_logging(verbose: bool = False) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input or environment: one line and exit code 2, no traceback."""
+    from research.align import AlignUnavailableError
     from research.config import ConfigError
     from research.data.augment import AugmentError
     from research.data.classes import UnknownClassError
@@ -57,7 +59,7 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from research.tracking.runs import OutputWriteError, RunFolderError
 
     return (
-        ConfigError, AugmentError, UnknownClassError, DatasetLayoutError, DatasetImportError, DownloadError, ImageDecodeError,
+        ConfigError, AlignUnavailableError, AugmentError, UnknownClassError, DatasetLayoutError, DatasetImportError, DownloadError, ImageDecodeError,
         NonFiniteLossError, NoFaceFoundError, PretrainedWeightsError, RunFolderError, WandbReportError,
         OutputWriteError, ExportedModelError, ExportParityError, FileNotFoundError, FileExistsError, NotADirectoryError,
         KeyError,
@@ -225,6 +227,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         "stored in the file. --video/--camera annotate every face of a video (or a camera) into "
         "annotated.mp4 and frames.csv.",
         "examples:\n  poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both\n"
+        "  poetry run predict --run runs/<id> ../shared/data/new-images --face all   # raw / haar / aligned side by side\n"
         "  poetry run predict --onnx runs/<id>/export/model.onnx ../shared/data/new-images\n"
         "  poetry run predict --run runs/<id> --video clip.mp4 --every 2\n"
         "  poetry run predict --run runs/<id> --camera 0 --max-frames 300   # needs a camera; writes files, shows nothing",
@@ -237,12 +240,14 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     source.add_argument("--video", type=Path, metavar="FILE", help="annotate a video file instead of scoring IMAGES")
     source.add_argument("--camera", type=int, metavar="INDEX", help="annotate frames of camera INDEX (needs a camera device)")
     parser.add_argument(
-        "--face", type=_face_mode, default="both", metavar="{raw,haar,both}",
-        help="images: raw (whole photo), haar (face-cropped), or both (default); video always scores every Haar face",
+        "--face", type=_face_mode, default="both", metavar="{raw,haar,aligned,both,all}",
+        help="images: raw (whole photo), haar (Haar face crop), aligned (dlib landmarks, eyes levelled; needs "
+        "`poetry install --extras align`), both (raw + haar, default) or all (raw + haar + aligned side by side); "
+        "video always scores every Haar face",
     )
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/predictions, <run>/predictions/video/<name> for video)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to score with (default: best)")
-    parser.add_argument("--no-fallback", action="store_true", help="haar: leave out images without a detected face instead of scoring the whole image")
+    parser.add_argument("--no-fallback", action="store_true", help="haar/aligned: leave out images without a detected face instead of scoring the whole image")
     parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode for the prediction table (default: the run's; none with --onnx)")
     parser.add_argument(
         "--no-gradcam", action="store_true",
@@ -318,13 +323,15 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         "Spanish or English map to the same emotions. Writes <run>/evaluations/<name>/ (metrics.json, "
         "classification report, confusion matrices) and logs to W&B.",
         "examples:\n  poetry run evaluate --run runs/<id> data/fer2013 --split test\n"
-        "  poetry run evaluate --run runs/<id> ../shared/data/new-images --face haar",
+        "  poetry run evaluate --run runs/<id> ../shared/data/new-images --face haar\n"
+        "  poetry run evaluate --run runs/<id> ../shared/data/emociones-dev --split validation --face aligned",
     )
     parser.add_argument("data_dir", type=Path, help="labelled images")
     parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
     parser.add_argument("--split", help="split folder inside DATA_DIR (e.g. test, validation)")
     parser.add_argument(
-        "--face", type=_face_mode, default="raw", metavar="{raw,haar}", help="haar: crop the face first (default: raw)"
+        "--face", type=_face_mode, default="raw", metavar="{raw,haar,aligned}",
+        help="haar: crop the face first; aligned: align it on its landmarks first (needs the align extra) (default: raw)",
     )
     parser.add_argument(
         "--tta", choices=("none", "hflip"),
@@ -343,8 +350,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.evaluate import evaluate_cli
 
-        if args.face == "both":
-            parser.error("--face both is for predict; evaluate takes raw or haar")
+        if args.face in ("both", "all"):
+            parser.error(f"--face {args.face} is for predict; evaluate takes raw, haar or aligned")
         evaluate_cli(args)
         return 0
 

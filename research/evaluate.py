@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from research.builders import face_cropper
+from research.align import LandmarkAligner
+from research.builders import face_detector
 from research.data.classes import CANONICAL_CLASSES, label_from_filename
 from research.data.datasets import (
     SPLIT_SPELLINGS,
@@ -91,7 +92,7 @@ def find_labelled_images(
 class EvalImages(Dataset):
     """``(tensor, target, index, ok, face_found)``; a file that fails to decode gives ok=False."""
 
-    def __init__(self, paths: list[Path], targets: list[int], transform: Any, cropper: HaarFaceCropper | None, size: int, channels: int) -> None:
+    def __init__(self, paths: list[Path], targets: list[int], transform: Any, cropper: HaarFaceCropper | LandmarkAligner | None, size: int, channels: int) -> None:
         self.paths, self.targets, self.transform, self.cropper = paths, targets, transform, cropper
         self.blank = torch.zeros(channels, size, size)
 
@@ -130,11 +131,12 @@ def evaluate_run(
     bad_files: str = "skip",
     num_workers: int = 0,
 ) -> EvaluationResult:
-    """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``."""
+    """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``. ``face``: raw, haar (Haar
+    crop) or aligned (landmark alignment); images without a face are scored whole and counted."""
+    cropper = face_detector(face, loaded.faces, fallback=True) if face in ("haar", "aligned") else None
     paths, targets, layout = find_labelled_images(Path(data_dir), split, loaded.run.val_split_files())
-    name = name or "-".join(x for x in (Path(data_dir).name, split, "haar" if face == "haar" else "", "tta" if tta == "hflip" else "") if x)
+    name = name or "-".join(x for x in (Path(data_dir).name, split, face if face != "raw" else "", "tta" if tta == "hflip" else "") if x)
     out_dir = Path(out) if out else loaded.run.evaluations / name
-    cropper = face_cropper(loaded.cfg, fallback=True) if face == "haar" else None
     dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     kept_targets: list[torch.Tensor] = []
@@ -169,7 +171,7 @@ def evaluate_run(
     label = f"{loaded.run.run_id} on {Path(data_dir).name}{'/' + split if split else ''}"
     write_evaluation(evaluation, out_dir, label=label, header=layout)
     result = {
-        **evaluation.metrics, "images": int(len(target)), "failed_files": failed, "no_face": no_face if face == "haar" else None,
+        **evaluation.metrics, "images": int(len(target)), "failed_files": failed, "no_face": no_face if cropper is not None else None,
         "images_per_s": len(target) / max(seconds, 1e-9), "dataset": str(data_dir), "split": split, "layout": layout,
         "face": face, "tta": tta, "classes_present": [names[i] for i in evaluation.labels], "classes_absent": absent,
         "per_class": evaluation.per_class, "confusion_counts": evaluation.counts.tolist(), "run_id": loaded.run.run_id,

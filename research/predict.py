@@ -1,4 +1,5 @@
-"""New-image predictions: any folder of photos, scored raw and after a Haar face crop.
+"""New-image predictions: any folder of photos, scored raw, after a Haar face crop and/or after
+landmark alignment (:mod:`research.align`), side by side.
 
 Preprocessing is never re-typed here: the model and its eval transform are rebuilt
 from the run folder (:func:`research.inference.load_run`), so a photo goes through exactly
@@ -16,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from research import explain, plots
-from research.builders import haar_cropper
+from research.align import LandmarkAligner
+from research.builders import face_detector
 from research.data.classes import label_from_filename, try_canonical_name
 from research.data.images import ImageDecodeError, is_image_path, load_image
 from research.faces import HaarFaceCropper, NoFaceFoundError
@@ -26,7 +28,12 @@ from research.tracking.wandb_log import WandbRun
 
 log = logging.getLogger(__name__)
 
-MODES = {"raw": ("raw",), "none": ("raw",), "haar": ("haar",), "both": ("raw", "haar")}  # "none": old name of raw
+MODES = {  # "none": old name of raw; "both" stays raw + haar
+    "raw": ("raw",), "none": ("raw",), "haar": ("haar",), "aligned": ("aligned",), "both": ("raw", "haar"),
+    "all": ("raw", "haar", "aligned"),
+}
+CROP_MODES = ("haar", "aligned")  # modes that run a face detector
+Cropper = HaarFaceCropper | LandmarkAligner
 
 
 @dataclass
@@ -78,14 +85,14 @@ def predict_images(
     images: Sequence[NewImage],
     *,
     mode: str,
-    cropper: HaarFaceCropper | None,
+    cropper: Cropper | None,
     out_dir: Path,
     gradcam: bool = False,
 ) -> list[dict[str, Any]]:
-    """Score images in one mode (``raw`` or ``haar``); writes panels, sheet and predictions.json,
+    """Score images in one mode (``raw``, ``haar`` or ``aligned``); writes panels, sheet and predictions.json,
     and with ``gradcam`` the winner's Grad-CAM over each model input in ``gradcam/<image>.png``.
 
-    In haar mode without fallback, images without a face are left out (no record);
+    In a crop mode without fallback, images without a face are left out (no record);
     :func:`predict_folder` lists them in ``comparison.json``.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,11 +100,11 @@ def predict_images(
     inputs, meta = [], []
     for item in images:
         crop = None
-        if mode == "haar":
+        if mode in CROP_MODES:
             assert cropper is not None
             crop = _crop_or_none(cropper, item)
             if crop is None:
-                log.warning("%s: no face found; skipped in haar mode (fallback off)", item.name)
+                log.warning("%s: no face found; skipped in %s mode (fallback off)", item.name, mode)
                 continue
             inputs.append(crop.image)
         else:
@@ -120,7 +127,7 @@ def predict_images(
             out_dir / "panels" / f"{_safe_stem(item.name)}.png",
             name=f"{item.name} [{mode}]", original=item.image, box=None if crop is None else crop.box,
             crop=None if crop is None else (crop.image if crop.found else None), model_input=model_input,
-            scores=scores, winner=winner, true_label=item.true, note=note, detection_run=mode == "haar",
+            scores=scores, winner=winner, true_label=item.true, note=note, detection_run=mode in CROP_MODES,
         )
         records.append(
             {
@@ -151,7 +158,7 @@ def _gradcam_or_none(loaded: LoadedRun, tensors: Any, winners: np.ndarray) -> np
         return None
 
 
-def _crop_or_none(cropper: HaarFaceCropper, item: NewImage):
+def _crop_or_none(cropper: Cropper, item: NewImage):
     """The face crop; ``None`` when no face was found and the cropper does not fall back."""
     try:
         return cropper(item.image, name=item.name)
@@ -164,45 +171,53 @@ def _json_record(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def compare_modes(
-    by_mode: dict[str, list[dict[str, Any]]], *, skipped_no_face: Sequence[str] = ()
+    by_mode: dict[str, list[dict[str, Any]]], *, skipped_no_face: Sequence[str] | dict[str, Sequence[str]] = ()
 ) -> dict[str, Any]:
-    """Accuracy per mode (when labels are known) and the images whose winner changed.
+    """Faces found and accuracy per mode (when labels are known) and the images whose winner changed.
 
-    ``skipped_no_face``: images left out of haar mode because no face was found (no fallback);
-    they count in its ``no_face`` and are listed under ``skipped_no_face``.
+    ``skipped_no_face``: per crop mode, images left out because no face was found (no fallback);
+    they count in its ``no_face`` and are listed under ``skipped_no_face`` (a plain list means haar).
+    ``changes`` lists raw -> haar changes; ``changes_by_mode`` holds raw -> each crop mode's.
     """
+    skipped = skipped_no_face if isinstance(skipped_no_face, dict) else {"haar": skipped_no_face}
     out: dict[str, Any] = {"modes": {}}
     for mode, records in by_mode.items():
         labelled = [r for r in records if r["correct"] is not None]
-        out["modes"][mode] = {
+        stats = out["modes"][mode] = {
             "images": len(records), "labelled": len(labelled),
             "accuracy": (sum(r["correct"] for r in labelled) / len(labelled)) if labelled else None,
             "no_face": sum(1 for r in records if r.get("face_found") is False),
             "mean_confidence": float(np.mean([r["confidence"] for r in records])) if records else None,
         }
-        if mode == "haar":
-            out["modes"][mode]["no_face"] += len(skipped_no_face)
-            out["modes"][mode]["skipped_no_face"] = list(skipped_no_face)
-    if {"raw", "haar"} <= set(by_mode):
+        if mode in CROP_MODES:
+            left_out = list(skipped.get(mode, ()))
+            stats["no_face"] += len(left_out)
+            stats["skipped_no_face"] = left_out
+            stats["faces_found"] = sum(1 for r in records if r.get("face_found"))
+    if "raw" in by_mode:
         raw = {r["image"]: r for r in by_mode["raw"]}
-        changes = []
-        for r in by_mode["haar"]:
-            before = raw.get(r["image"])
-            if before and before["winner"] != r["winner"]:
-                changes.append(
-                    {"image": r["image"], "true": r["true"], "raw": before["winner"], "haar": r["winner"],
-                     "face_found": r["face_found"], "effect": _effect(before, r)}
-                )
-        out["changes"] = changes
+        out["changes_by_mode"] = {}
+        for mode in (m for m in CROP_MODES if m in by_mode):
+            changes = []
+            for r in by_mode[mode]:
+                before = raw.get(r["image"])
+                if before and before["winner"] != r["winner"]:
+                    changes.append(
+                        {"image": r["image"], "true": r["true"], "raw": before["winner"], mode: r["winner"],
+                         "face_found": r["face_found"], "effect": _effect(before, r)}
+                    )
+            out["changes_by_mode"][mode] = changes
+        if "haar" in by_mode:
+            out["changes"] = out["changes_by_mode"]["haar"]
     return out
 
 
-def _effect(raw: dict[str, Any], haar: dict[str, Any]) -> str:
+def _effect(raw: dict[str, Any], cropped: dict[str, Any]) -> str:
     if raw["true"] is None:
         return "changed"
-    if haar["correct"] and not raw["correct"]:
+    if cropped["correct"] and not raw["correct"]:
         return "fixed by crop"
-    if raw["correct"] and not haar["correct"]:
+    if raw["correct"] and not cropped["correct"]:
         return "broken by crop"
     return "changed (both wrong)"
 
@@ -225,7 +240,8 @@ def predict_folder(
     ``gradcam``: also write each mode's Grad-CAM images and ``gradcam_sheet.png`` of all modes
     (not for an exported model, which has no gradients)."""
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
-    cropper = haar_cropper(loaded.faces, fallback=fallback)
+    # Built first: a missing alignment extra stops the command before anything is written.
+    croppers = {m: face_detector(m, loaded.faces, fallback=fallback) for m in MODES[face] if m in CROP_MODES}
     images, skipped = read_new_images(images_dir)
     out_root = Path(out) if out else loaded.predictions_dir
     assert out_root is not None
@@ -233,9 +249,7 @@ def predict_folder(
         log.info("no Grad-CAM for an exported model (it has no gradients); score with --run for Grad-CAM")
         gradcam = False
     by_mode = {
-        mode: predict_images(
-            loaded, images, mode=mode, cropper=cropper if mode == "haar" else None, out_dir=out_root / mode, gradcam=gradcam
-        )
+        mode: predict_images(loaded, images, mode=mode, cropper=croppers.get(mode), out_dir=out_root / mode, gradcam=gradcam)
         for mode in MODES[face]
     }
     cam_sheet = out_root / "gradcam_sheet.png"
@@ -243,10 +257,13 @@ def predict_folder(
         explain.plot_gradcam_sheet(by_mode, cam_sheet, title=f"{loaded.run_id}: Grad-CAM of the predicted class")
     else:
         cam_sheet.unlink(missing_ok=True)  # an earlier run's sheet would no longer match these predictions
-    scored_haar = {r["image"] for r in by_mode.get("haar", [])}
-    skipped_no_face = [i.name for i in images if "haar" in by_mode and i.name not in scored_haar]
+    skipped_no_face = {
+        m: [i.name for i in images if i.name not in {r["image"] for r in by_mode[m]}] for m in croppers
+    }
     comparison = compare_modes(by_mode, skipped_no_face=skipped_no_face)
     comparison.update(images_dir=str(images_dir), skipped=skipped, checkpoint=checkpoint)
+    if len(by_mode) > 1:
+        comparison["side_by_side"] = _side_by_side_panels(by_mode, out_root)
     write_json(out_root / "comparison.json", comparison)
     _log_summary(comparison)
     if wandb_run is not None:
@@ -259,6 +276,61 @@ def predict_folder(
     return {"modes": by_mode, "comparison": comparison, "out": out_root}
 
 
+def _side_by_side_panels(by_mode: dict[str, list[dict[str, Any]]], out_root: Path) -> dict[str, str]:
+    """One PNG per image with its panels of every mode stacked top to bottom (raw, haar, aligned),
+    in ``side_by_side/``; returns image -> path relative to ``out_root``."""
+    from PIL import Image
+
+    panels: dict[str, list[Path]] = {}
+    for mode, records in by_mode.items():
+        for r in records:
+            panels.setdefault(r["image"], []).append(out_root / mode / r["panel"])
+    folder = out_root / "side_by_side"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, paths in panels.items():
+        parts = [np.asarray(Image.open(p).convert("RGB")) for p in paths]
+        width = max(p.shape[1] for p in parts)
+        stacked = np.concatenate([np.pad(p, ((0, 0), (0, width - p.shape[1]), (0, 0)), constant_values=255) for p in parts])
+        path = folder / f"{_safe_stem(name)}.png"
+        Image.fromarray(stacked).save(path, optimize=False)
+        written[name] = str(path.relative_to(out_root))
+    return written
+
+
+def summary_table(comparison: dict[str, Any]) -> list[str]:
+    """Markdown rows: one column per mode (raw / haar / aligned) with faces found, accuracy on the
+    labelled images and winners changed against raw. Used by the console summary and the report."""
+    modes = comparison.get("modes") or {}
+    names = [m for m in ("raw", *CROP_MODES) if m in modes]
+    changes = comparison.get("changes_by_mode") or ({"haar": comparison["changes"]} if "changes" in comparison else {})
+
+    def faces(mode: str) -> str:
+        s = modes[mode]
+        if mode == "raw":
+            return "no detector"
+        found = s.get("faces_found", s["images"] - s["no_face"] + len(s.get("skipped_no_face", [])))
+        return f"{found} of {found + s['no_face']}"
+
+    def accuracy(mode: str) -> str:
+        s = modes[mode]
+        return "n/a (no labels)" if s["accuracy"] is None else f"{s['accuracy']:.3f} ({s['labelled']} labelled)"
+
+    def changed(mode: str) -> str:
+        if mode == "raw":
+            return "-"
+        if mode not in changes:
+            return "n/a"
+        effects = [c["effect"] for c in changes[mode]]
+        fixed, broken = effects.count("fixed by crop"), effects.count("broken by crop")
+        return f"{len(effects)} ({fixed} fixed, {broken} broken)"
+
+    rows = [("faces found", faces), ("accuracy", accuracy), ("winners changed vs raw", changed)]
+    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {label} | " + " | ".join(cell(m) for m in names) + " |" for label, cell in rows]
+    return lines
+
+
 def _log_summary(comparison: dict[str, Any]) -> None:
     for mode, s in comparison["modes"].items():
         acc = "n/a (no labels)" if s["accuracy"] is None else f"{s['accuracy']:.3f} on {s['labelled']} labelled"
@@ -266,8 +338,11 @@ def _log_summary(comparison: dict[str, Any]) -> None:
         if s.get("skipped_no_face"):
             faces += f" (left out, no fallback: {', '.join(s['skipped_no_face'])})"
         log.info("new images [%s]: %d scored, accuracy %s%s", mode, s["images"], acc, faces)
-    for c in comparison.get("changes", []):
-        log.info("  %s: raw %s -> haar %s (true %s, %s)", c["image"], c["raw"], c["haar"], c["true"], c["effect"])
+    for mode, changes in (comparison.get("changes_by_mode") or {}).items():
+        for c in changes:
+            log.info("  %s: raw %s -> %s %s (true %s, %s)", c["image"], c["raw"], mode, c[mode], c["true"], c["effect"])
+    if len(comparison["modes"]) > 1:
+        log.info("side by side:\n%s", "\n".join(summary_table(comparison)))
 
 
 def predict_cli(

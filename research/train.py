@@ -220,6 +220,7 @@ def _train(
         require_all_classes=cfg.data.require_all_classes, workers=max(2, cfg.data.num_workers),
         demo_scale=cfg.data.demo_scale, seed=cfg.run.seed, val_fraction=cfg.data.val_fraction,
         val_split_seed=cfg.data.val_split_seed, val_files=run.val_split_files(),
+        face_crop=builders.dataset_face_crop(cfg),
     )
     val_split = carved_val_split(cfg, bundle)
     # The folder is made only now: nothing before this point leaves anything behind.

@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from research.data.cache import MmapImages, MmapView, normalize_cache_mode, resolve_cache_mode
 from research.data.classes import CANONICAL_CLASSES, map_folders
+from research.data.face_crop import FaceCropStep
 from research.data.images import ImageDecodeError, is_image_path, load_image
 
 log = logging.getLogger(__name__)
@@ -168,12 +169,14 @@ def decode_all(
     workers: int = 4,
     desc: str = "decode",
     store: MmapImages | None = None,
+    face_crop: FaceCropStep | None = None,
 ) -> tuple[list[np.ndarray | None], list[tuple[Path, str]]]:
     """Decode every file (threads; PIL releases the GIL). Returns images (or None) and failures.
 
     With ``store`` every shrunk image is written into slot ``i`` of the memory-mapped file as
     soon as it is decoded and not returned (the returned list holds None), so the pass holds
-    at most a few images at a time, as with ``keep=False``.
+    at most a few images at a time, as with ``keep=False``. ``face_crop`` crops each image
+    (``data.face_crop``) before it is shrunk.
     """
 
     def one(item: tuple[int, Path]) -> np.ndarray | str:
@@ -182,6 +185,8 @@ def decode_all(
             image = load_image(path)
         except ImageDecodeError as err:
             return str(err)
+        if face_crop is not None:
+            image = face_crop(image, name=str(path))
         if store is not None:
             store.write(index, shrink_to(image, keep_size))
             return np.empty(0)
@@ -223,6 +228,7 @@ class EmotionDataset(Dataset):
         transform: Callable | None = None,
         split: str = "",
         keep_size: int | None = None,
+        face_crop: FaceCropStep | None = None,
     ) -> None:
         if (paths is None) == (images is None):
             raise ValueError("give exactly one of paths or images")
@@ -233,6 +239,7 @@ class EmotionDataset(Dataset):
         self.transform = transform
         self.split = split
         self.keep_size = keep_size
+        self.face_crop = face_crop  # streamed images are cropped on every access
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -241,7 +248,10 @@ class EmotionDataset(Dataset):
         """The untransformed image, HxWx3 uint8 RGB."""
         if self.images is not None:
             return self.images[index]
-        return shrink_to(load_image(self.paths[index]), self.keep_size)
+        image = load_image(self.paths[index])
+        if self.face_crop is not None:
+            image = self.face_crop(image, name=str(self.paths[index]))
+        return shrink_to(image, self.keep_size)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.load(index)
@@ -286,6 +296,7 @@ def load_split(
     workers: int = 4,
     cache_dir: str | Path | None = None,
     scan: SplitScan | None = None,
+    face_crop: FaceCropStep | None = None,
 ) -> tuple[EmotionDataset, list[tuple[Path, str]]]:
     """Scan and decode one split folder. Returns the dataset and the skipped files with reasons.
 
@@ -300,8 +311,15 @@ def load_split(
     skipped = [(p, f"{p}: not an image file (extension {p.suffix or 'none'})") for p in scan.not_images]
     store = MmapImages(len(scan.paths), keep_size, folder=cache_dir, name=split) if mode == "mmap" else None
     images, failures = decode_all(
-        scan.paths, keep_size=keep_size, keep=mode == "memory", workers=workers, desc=f"decode {split}", store=store
+        scan.paths, keep_size=keep_size, keep=mode == "memory", workers=workers, desc=f"decode {split}", store=store,
+        face_crop=face_crop,
     )
+    if face_crop is not None:
+        found, missed = face_crop.reset_counts()
+        log.info(
+            "%s: face crop (%s) found a face in %d of %d images; %d without a face keep the whole image",
+            folder, face_crop.label, found, found + missed, missed,
+        )
     skipped.extend(failures)
     if skipped:
         listing = "\n  ".join(reason for _, reason in skipped[:20])
@@ -324,7 +342,7 @@ def load_split(
         dataset = EmotionDataset(targets, names=names, images=store.subset(keep_idx), split=split)
     else:
         paths = [scan.paths[i] for i in keep_idx]
-        dataset = EmotionDataset(targets, names=names, paths=paths, split=split, keep_size=keep_size)
+        dataset = EmotionDataset(targets, names=names, paths=paths, split=split, keep_size=keep_size, face_crop=face_crop)
     return dataset, skipped
 
 
@@ -356,6 +374,7 @@ def load_datasets(
     val_fraction: float = 0.0,
     val_split_seed: int = 0,
     val_files: Sequence[str] | None = None,
+    face_crop: FaceCropStep | None = None,
 ) -> DataBundle:
     """Build train/validation datasets from a folder root, or the synthetic demo set for ``"demo"``.
 
@@ -365,6 +384,7 @@ def load_datasets(
     ``cache_dir`` is where a memory-mapped file goes (None: the system temp dir).
     ``val_fraction`` > 0 carves a stratified validation split (seed ``val_split_seed``) from
     ``train/`` of a dataset without ``validation/``; ``val_files`` replays a recorded split.
+    ``face_crop`` (``data.face_crop``) crops every image of both splits once, as it is decoded.
     """
     if str(root) == DEMO_ROOT:
         from research.data.demo import make_demo_split
@@ -372,6 +392,10 @@ def load_datasets(
         splits = {}
         for split in ("train", "validation"):
             images, targets = make_demo_split(split, size=demo_size, seed=seed, scale=demo_scale)
+            if face_crop is not None:
+                images = [face_crop(image, name=f"demo {split} {i}") for i, image in enumerate(images)]
+                found, missed = face_crop.reset_counts()
+                log.info("demo %s: face crop (%s) found a face in %d of %d images", split, face_crop.label, found, found + missed)
             names = [f"{split}/{CANONICAL_CLASSES[t]}/{i:05d}.png" for i, t in enumerate(targets)]
             splits[split] = EmotionDataset(targets, names=names, images=images, split=split)
         log.info("using the built-in SYNTHETIC demo data (drawn faces), not real photos")
@@ -403,7 +427,7 @@ def load_datasets(
         cache, count=sum(len(s.paths) for s in scans.values()), keep_size=keep_size,
         budget_mb=cache_budget_mb, cache_dir=cache_dir,
     )
-    kwargs = dict(bad_files=bad_files, cache=mode, keep_size=keep_size, workers=workers, cache_dir=cache_dir)
+    kwargs = dict(bad_files=bad_files, cache=mode, keep_size=keep_size, workers=workers, cache_dir=cache_dir, face_crop=face_crop)
     train, skipped_train = load_split(train_dir, "train", scan=scans["train"], **kwargs)
     val, skipped_val = load_split(val_dir, "validation", scan=scans["validation"], **kwargs)
     check_same_classes(train, val, str(root))

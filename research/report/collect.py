@@ -32,7 +32,7 @@ from research.tracking.summary import RunSummary
 log = logging.getLogger(__name__)
 
 TRAIN_HINT = "train one with `poetry run train --config scratch_cnn data.root=demo`"
-MODES = PREDICTION_MODES["both"]
+MODES = PREDICTION_MODES["all"]  # raw, haar, aligned: whichever a run's predictions/ holds
 # How deep below a --runs folder run folders are looked for (runs/sweeps/<id>/trials/<run>).
 MAX_DEPTH = 4
 # Files research.sweep writes in a sweep folder; any one of them marks the folder as a sweep.

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from research import plots
+from research.predict import CROP_MODES, summary_table
 from research.report.card import write_model_cards
 from research.report.collect import (
     MODES,
@@ -457,7 +458,8 @@ def _new_images(runs: Sequence[RunRecord], figures: _Figures, include_figures: b
         if record.synthetic:
             lines += [f"> **{SYNTHETIC_LABEL}.**", ""]
         header = ["image", "true", *(f"{m} winner (score)" for m in modes)]
-        header += ["face found"] if "haar" in modes else []
+        crop_modes = [m for m in CROP_MODES if m in modes]
+        header += [f"face found ({m})" if len(crop_modes) > 1 else "face found" for m in crop_modes]
         header += [f"correct {' / '.join(modes)}"]
         rows = []
         for name in images:
@@ -465,12 +467,14 @@ def _new_images(runs: Sequence[RunRecord], figures: _Figures, include_figures: b
             true = next((p["true"] for p in preds if p is not None), None)
             row = [name, true or "(unlabelled)"]
             row += [_winner(p) for p in preds]
-            if "haar" in modes:
-                row.append(_face(by_mode["haar"].get(name)))
+            row += [_face(by_mode[m].get(name)) for m in crop_modes]
             row.append(" / ".join(_correct(p) for p in preds))
             rows.append(row)
         lines += _table(header, rows) + [""]
         stats = (record.comparison or {}).get("modes") or {}
+        if len([m for m in modes if m in stats]) > 1:
+            lines += ["Side by side (" + " / ".join(m for m in modes if m in stats) + "):", ""]
+            lines += summary_table(record.comparison) + [""]
         accuracy = [
             f"{m}: {_f(stats[m]['accuracy'])} on {stats[m]['labelled']} labelled of {stats[m]['images']}"
             for m in modes
