@@ -51,3 +51,18 @@ def test_both_sides_train_one_epoch_on_the_same_split(train_only, tmp_path, caps
 
     text = capsys.readouterr().out
     assert "| project |" in text and "| baseline |" in text and "baseline / project" in text
+
+
+def test_budgets_per_side_and_stop_at_target():
+    """--baseline-budget-s gives the baseline its own wall budget; --stop-at-target ends a side at the target."""
+    import argparse
+
+    tta = load_benchmark()
+    args = argparse.Namespace(budget_s=1800.0, baseline_budget_s=900.0, stop_at_target=False, target_acc=0.6)
+    assert tta.side_budget(args, "project") == 1800.0 and tta.side_budget(args, "baseline") == 900.0
+    assert not tta.over_budget(args, 1000.0, "project", 0.7)
+    assert tta.over_budget(args, 1000.0, "baseline", 0.1)
+    args.stop_at_target = True
+    assert tta.over_budget(args, 10.0, "project", 0.6) and not tta.over_budget(args, 10.0, "project", 0.59)
+    args.baseline_budget_s = None
+    assert tta.side_budget(args, "baseline") == 1800.0

@@ -168,4 +168,7 @@ def test_hflip_tta_in_validation_and_final_evaluation(tmp_path, tiny_dataset):
     saved = json.loads((Path(tta.run_dir) / "summary.json").read_text())
     selected = next(r for r in rows_tta if r["epoch"] == saved["best_epoch"])
     assert saved["best"]["val/acc"] == pytest.approx(selected["val/acc"], abs=1e-6)
-    assert saved["best"]["val/loss"] == pytest.approx(selected["val/loss"], abs=2e-2)  # bf16 epoch vs fp32 final
+    # validation runs in float32 even where training uses bf16 autocast (train.amp on CPU): the epoch's
+    # numbers are the final evaluation's, which goes through inference.predict_logits
+    assert saved["best"]["val/loss"] == pytest.approx(selected["val/loss"], abs=1e-4)
+    assert saved["best"]["val/macro_f1"] == pytest.approx(selected["val/macro_f1"], abs=1e-6)
