@@ -27,7 +27,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from research.faces import FaceCrop, NoFaceFoundError, _as_rgb
+from research.faces import FaceCrop, NoFaceFoundError, _as_rgb, box_to_source, upscale_and_pad
 
 logger = logging.getLogger(__name__)
 
@@ -170,22 +170,16 @@ class LandmarkAligner:
     def _detect(self, rgb: np.ndarray) -> tuple[list[tuple[int, int, int, int]], list[Any], np.ndarray, float, int]:
         """Boxes (x, y, w, h) in original pixels (highest detector score first), their dlib
         rectangles, and the detection image, its scale and border (the landmarks run on the same pixels)."""
-        h, w = rgb.shape[:2]
-        scale = max(1.0, self.upscale_to / max(h, w)) if self.upscale_to else 1.0
-        work = np.ascontiguousarray(rgb)
-        if scale > 1.0:
-            work = cv2.resize(work, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
-        border = int(round(self.pad * max(work.shape[:2])))
-        if border:
-            work = cv2.copyMakeBorder(work, border, border, border, border, cv2.BORDER_REPLICATE)
+        work, scale, border = upscale_and_pad(rgb, self.upscale_to, self.pad)
         with self._lock:
             rects, scores, _ = self._detector.run(work, self.upsample, 0.0)
         found = []
         for rect, score in zip(rects, scores, strict=True):
-            x0, y0 = max(0, round((rect.left() - border) / scale)), max(0, round((rect.top() - border) / scale))
-            x1, y1 = min(w, round((rect.right() + 1 - border) / scale)), min(h, round((rect.bottom() + 1 - border) / scale))
-            if x1 - x0 >= 2 and y1 - y0 >= 2:
-                found.append(((x0, y0, x1 - x0, y1 - y0), float(score), rect))
+            box = box_to_source(
+                rect.left(), rect.top(), rect.right() + 1, rect.bottom() + 1, scale=scale, border=border, shape=rgb.shape
+            )
+            if box is not None:
+                found.append((box, float(score), rect))
         # By score, not area: HOG false positives (a badge, a pattern) can be as large as the face.
         found.sort(key=lambda f: f[1], reverse=True)
         return [f[0] for f in found], [f[2] for f in found], work, scale, border

@@ -149,6 +149,35 @@ def draw_box(
     return out
 
 
+def upscale_and_pad(image: np.ndarray, upscale_to: int, pad: float) -> tuple[np.ndarray, float, int]:
+    """The detection image: ``image`` upscaled so its longer side is ``upscale_to`` (never shrunk; 0 =
+    as is), then padded by ``pad`` x its longer side of replicated edges. Returns it, the scale and the
+    border in pixels, for :func:`box_to_source`. Tightly cropped or small photos defeat both detectors:
+    their windows need context around the face and a minimum face size."""
+    h, w = image.shape[:2]
+    scale = max(1.0, upscale_to / max(h, w)) if upscale_to else 1.0
+    work = np.ascontiguousarray(image)
+    if scale > 1.0:
+        work = cv2.resize(work, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
+    border = int(round(pad * max(work.shape[:2])))
+    if border:
+        work = cv2.copyMakeBorder(work, border, border, border, border, cv2.BORDER_REPLICATE)
+    return work, scale, border
+
+
+def box_to_source(
+    x0: float, y0: float, x1: float, y1: float, *, scale: float, border: int, shape: Sequence[int]
+) -> Box | None:
+    """A box (corners) in detection-image pixels as (x, y, w, h) in the original image, clamped to it;
+    ``None`` when less than 2 px is left."""
+    h, w = shape[:2]
+    sx0, sy0 = max(0, round((x0 - border) / scale)), max(0, round((y0 - border) / scale))
+    sx1, sy1 = min(w, round((x1 - border) / scale)), min(h, round((y1 - border) / scale))
+    if sx1 - sx0 < 2 or sy1 - sy0 < 2:
+        return None
+    return int(sx0), int(sy0), int(sx1 - sx0), int(sy1 - sy0)
+
+
 class HaarFaceCropper:
     """Detect faces with OpenCV's frontal-face Haar cascade and crop the largest one.
 
@@ -208,16 +237,8 @@ class HaarFaceCropper:
         if min(rgb.shape[:2]) < self.min_size:
             return []
         gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY))
-        # Tightly cropped or small photos defeat the cascade: its windows need some context
-        # around the face and at least ~24 px of face. Upscaling small images and padding the
-        # borders (replicated edges) before detection finds such faces; boxes are mapped back.
-        h, w = gray.shape
-        scale = max(1.0, self.upscale_to / max(h, w)) if self.upscale_to else 1.0
-        if scale > 1.0:
-            gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_CUBIC)
-        border = int(round(self.pad * max(gray.shape)))
-        if border:
-            gray = cv2.copyMakeBorder(gray, border, border, border, border, cv2.BORDER_REPLICATE)
+        # The cascade needs ~24 px of face and some context: upscale small images and pad the borders.
+        gray, scale, border = upscale_and_pad(gray, self.upscale_to, self.pad)
         min_side = max(1, round(self.min_size * scale))
         faces = self._cascade.detectMultiScale(
             gray,
@@ -225,12 +246,8 @@ class HaarFaceCropper:
             minNeighbors=self.min_neighbors,
             minSize=(min_side, min_side),
         )
-        boxes = []
-        for fx, fy, fw, fh in faces:
-            x0, y0 = max(0, round((fx - border) / scale)), max(0, round((fy - border) / scale))
-            x1, y1 = min(w, round((fx + fw - border) / scale)), min(h, round((fy + fh - border) / scale))
-            if x1 - x0 >= 2 and y1 - y0 >= 2:
-                boxes.append((int(x0), int(y0), int(x1 - x0), int(y1 - y0)))
+        mapped = (box_to_source(fx, fy, fx + fw, fy + fh, scale=scale, border=border, shape=rgb.shape) for fx, fy, fw, fh in faces)
+        boxes = [b for b in mapped if b is not None]
         return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
 
     def __call__(self, image: np.ndarray, name: str = "") -> FaceCrop:
