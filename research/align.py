@@ -27,7 +27,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from research.faces import FaceCrop, NoFaceFoundError, _as_rgb, box_to_source, upscale_and_pad
+from research.faces import (
+    FaceCrop,
+    _as_rgb,
+    box_to_source,
+    upscale_and_pad,
+    whole_image,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -202,15 +208,7 @@ class LandmarkAligner:
         height, width = rgb.shape[:2]
         boxes, rects, work, scale, border = self._detect(rgb)
         if not boxes:
-            if not self.fallback:
-                raise NoFaceFoundError(
-                    f"no face found in {name or 'the image'} ({width}x{height} px) by the landmark aligner. "
-                    "Enable the whole-image fallback or score without cropping (--face raw)."
-                )
-            logger.debug("no face in %s; using the whole image", name or "image")
-            return AlignedCrop(
-                image=rgb.copy(), found=False, fallback=True, box=None, crop_box=(0, 0, width, height), n_faces=0
-            )
+            return whole_image(rgb, name, fallback=self.fallback, by="the landmark aligner", cls=AlignedCrop)
         with self._lock:
             shape = self._predictor(work, rects[0])
         points = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)

@@ -149,6 +149,19 @@ def draw_box(
     return out
 
 
+def whole_image(rgb: np.ndarray, name: str, *, fallback: bool, by: str = "", cls: type[FaceCrop] = FaceCrop) -> FaceCrop:
+    """No face found: the whole image as a flagged crop of type ``cls``, or :class:`NoFaceFoundError`
+    when ``fallback`` is off (``by`` names the detector in the message)."""
+    height, width = rgb.shape[:2]
+    if not fallback:
+        raise NoFaceFoundError(
+            f"no face found in {name or 'the image'} ({width}x{height} px){' by ' + by if by else ''}. "
+            "Enable the whole-image fallback or score without cropping (--face raw)."
+        )
+    logger.debug("no face in %s; using the whole image", name or "image")
+    return cls(image=rgb.copy(), found=False, fallback=True, box=None, crop_box=(0, 0, width, height), n_faces=0)
+
+
 def upscale_and_pad(image: np.ndarray, upscale_to: int, pad: float) -> tuple[np.ndarray, float, int]:
     """The detection image: ``image`` upscaled so its longer side is ``upscale_to`` (never shrunk; 0 =
     as is), then padded by ``pad`` x its longer side of replicated edges. Returns it, the scale and the
@@ -261,23 +274,9 @@ class HaarFaceCropper:
             NoFaceFoundError: no face found and ``fallback`` is off.
         """
         rgb = _as_rgb(image)
-        height, width = rgb.shape[:2]
         faces = self.detect(rgb)
         if not faces:
-            if not self.fallback:
-                raise NoFaceFoundError(
-                    f"no face found in {name or 'the image'} ({width}x{height} px). "
-                    "Enable the whole-image fallback or score without cropping (--face raw)."
-                )
-            logger.debug("no face in %s; using the whole image", name or "image")
-            return FaceCrop(
-                image=rgb.copy(),
-                found=False,
-                fallback=True,
-                box=None,
-                crop_box=(0, 0, width, height),
-                n_faces=0,
-            )
+            return whole_image(rgb, name, fallback=self.fallback)
         box = faces[0]
         x0, y0, x1, y1 = square_crop_box(box, rgb.shape, self.margin)
         return FaceCrop(
