@@ -205,6 +205,10 @@ def test_train_with_aligned_face_crop(tmp_path, tiny_dataset, caplog) -> None:
     assert all("keep the whole image" in m for m in logged)
     assert "face_crop: aligned" in (Path(summary.run_dir) / "config.yaml").read_text()
     assert (Path(summary.run_dir) / "best.pt").is_file()
+    from research.report.card import write_model_card
+
+    card = write_model_card(Path(summary.run_dir), tmp_path / "card.md").read_text()
+    assert "face crop: `aligned` during training" in card and "score new photos with `--face aligned`" in card
 
 
 def test_face_crop_step_pickles_as_its_factory(tiny_dataset) -> None:

@@ -32,6 +32,7 @@ def test_card_of_a_trained_run(trained_run, tmp_path):
         assert re.search(rf"\| {cls} \| {n} \| {counts['validation'][cls]} \|", data)
     pre = _section(card, "## Preprocessing")
     assert "32x32 px, 1 channel(s) (grayscale)" in pre and "pad to 32 x 32" in pre and "Haar" in pre
+    assert "face crop: none during training" in pre and "--face aligned" in pre
     metrics = _section(card, "## Metrics")
     assert "**One seed**" in metrics
     for key, name in (("val/acc", "accuracy"), ("val/macro_f1", "macro-F1"), ("val/ece", "ECE")):

@@ -126,13 +126,20 @@ def _preprocessing(record: RunRecord, metadata: ModelMetadata | None) -> list[st
         faces = {k: config[f"faces.{k}"] for k in FACE_KEYS if f"faces.{k}" in config}
     rule = RESIZE_RULE.replace("image_size", str(size) if size else "image_size")
     face_text = ", ".join(f"{k}={v}" for k, v in faces.items()) or "defaults"
+    trained_on = config.get("data.face_crop", "none") or "none"
+    if trained_on == "none":
+        training = "none during training (the dataset's images as they are)"
+    else:
+        training = (f"`{trained_on}` during training (`data.face_crop`: every image cropped once when decoded, "
+                    f"images without a face kept whole); score new photos with `--face {trained_on}` to match")
     return [
         f"- input: {size}x{size} px, {channels} channel(s) ({'grayscale' if channels == 1 else 'RGB'})",
         f"- normalisation: mean {_floats(mean)}, std {_floats(std)} ({source})",
         f"- resize and pad: {rule}",
-        "- face crop: none during training (the dataset's images as they are); for new photos "
+        f"- face crop: {training}; for new photos "
         "`predict --face haar` crops the largest Haar-cascade face (square, with a margin) before the "
-        f"transform above ({face_text}); `--face raw` scores the whole photo",
+        f"transform above ({face_text}), `--face aligned` levels the eyes with dlib's 5 landmarks "
+        "(the `align` extra), `--face raw` scores the whole photo",
         "",
     ]
 
