@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -151,18 +152,10 @@ def run_modes(
         results.append(result)
     return {
         "n": n, "size": size, "budget_mb": budget_mb, "batch_size": batch_size, "workers": workers, "rounds": rounds,
-        "nproc": os.cpu_count(), "cpu": _cpu_model(), "python": platform.python_version(), "results": results,
+        "nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(), "results": results,
     }
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def markdown(report: dict) -> str:

@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
+
 HEAVY_MODULES = ("wandb", "seaborn", "pandas", "sklearn")
 
 
@@ -105,11 +107,7 @@ def phases_in_subprocess(code: Path, run: Path, images: Path, face: str) -> dict
 
 
 def machine() -> str:
-    model = next(
-        (line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-        platform.processor() or "unknown CPU",
-    ) if Path("/proc/cpuinfo").exists() else platform.processor()
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def load_average() -> str:

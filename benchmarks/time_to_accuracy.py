@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -122,16 +123,6 @@ class Clock:
         return {"wall_s": time.perf_counter() - self.wall0, "cpu_s": own + children, "children_cpu_s": children}
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict[str, Any]:
     return {
         "cpu": cpu_model(), "nproc": len(os.sched_getaffinity(0)), "cores": os.cpu_count(),
@@ -187,14 +178,14 @@ def project_config(args: argparse.Namespace, run_dir: Path) -> Any:
 
 
 def side_budget(args: argparse.Namespace, side: str) -> float | None:
-    if side == "baseline" and getattr(args, "baseline_budget_s", None) is not None:
+    if side == "baseline" and args.baseline_budget_s is not None:
         return args.baseline_budget_s
     return args.budget_s
 
 
-def over_budget(args: argparse.Namespace, wall: float, side: str = "project", acc: float = 0.0) -> bool:
+def over_budget(args: argparse.Namespace, wall: float, side: str, acc: float) -> bool:
     budget = side_budget(args, side)
-    if getattr(args, "stop_at_target", False) and acc >= args.target_acc:
+    if args.stop_at_target and acc >= args.target_acc:
         return True
     return budget is not None and wall >= budget
 

@@ -44,27 +44,27 @@ from typing import Any
 import cv2
 import torch
 import torch.nn.functional as F
+from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from research.cli import setup_logging
-from research.config import list_presets, load_config
-from research.data.datasets import DEMO_ROOT, load_datasets
-from research.data.demo import write_demo_dataset
-from research.data.transforms import build_train_transform
-from research.engine.trainer import Trainer, resolve_device, seed_everything
-from research.train import (
-    augment_params,
+from research.builders import (
     build_loaders,
     build_loss,
     build_model,
     build_optimizer,
     build_scheduler,
-    eval_transform_from_config,
+    eval_transform,
     normalization,
+    train_transform,
 )
+from research.cli import setup_logging
+from research.config import list_presets, load_config
+from research.data.datasets import DEMO_ROOT, load_datasets
+from research.data.demo import write_demo_dataset
+from research.engine.trainer import Trainer, resolve_device, seed_everything
 
 log = logging.getLogger("benchmarks.train_throughput")
 
@@ -150,16 +150,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info(threads: int) -> dict[str, Any]:
     return {
         "cpu": cpu_model(),
@@ -228,14 +218,7 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         demo_scale=cfg.data.demo_scale,
         seed=cfg.run.seed,
     )
-    bundle.train.transform = build_train_transform(
-        cfg.data.image_size,
-        channels=cfg.data.channels,
-        mean=mean,
-        std=std,
-        augment=augment_params(cfg),
-        seed=cfg.run.seed,
-    )
+    bundle.train.transform = train_transform(cfg, mean, std)
     loader, _ = build_loaders(bundle, cfg, seed=cfg.run.seed)
     n_images = len(bundle.train)
 
@@ -271,10 +254,17 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     weight = loss_fn.weight.to(device) if loss_fn.weight is not None else None
     smoothing = loss_fn.label_smoothing
 
+    # The trainer's precision and memory format (bf16 autocast and channels-last on CPU and CUDA by
+    # default): the comparison is about the trainer's bookkeeping, not about those levers.
+    memory_format = torch.channels_last if trainer.channels_last else torch.contiguous_format
+    bare_model.to(memory_format=memory_format)
+
     def bare_step(x: torch.Tensor, y: torch.Tensor) -> None:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        x, y = x.to(device, non_blocking=True).contiguous(memory_format=memory_format), y.to(device, non_blocking=True)
         bare_optimizer.zero_grad()
-        loss = F.cross_entropy(bare_model(x), y, weight=weight, label_smoothing=smoothing)
+        with torch.autocast(device.type, dtype=trainer.amp_dtype, enabled=trainer.amp_dtype is not None):
+            logits = bare_model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=smoothing)
         loss.backward()
         bare_optimizer.step()
 
@@ -406,7 +396,7 @@ def per_batch_extras(
             images.to(device, non_blocking=True),
             targets.to(device, non_blocking=True),
         ),
-        "autocast context (disabled off CUDA)": autocast_context,
+        "autocast context": autocast_context,
         "logits.float() for the loss": lambda: logits.float(),
         "isfinite(loss) check": lambda: bool(torch.isfinite(loss)),
         "GradScaler scale + update (disabled off CUDA)": lambda: (
@@ -444,7 +434,7 @@ def bench_cache(cfg: DictConfig, args: argparse.Namespace, folder: Path) -> dict
     torch.set_num_threads(args.threads)
     model = build_model(cfg)
     mean, std = normalization(cfg, model)
-    transform = eval_transform_from_config(cfg, mean, std)
+    transform = eval_transform(cfg, mean, std)
     kwargs = dict(
         bad_files=cfg.data.bad_files,
         keep_size=cfg.data.image_size,

@@ -334,7 +334,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         help="haar: crop the face first; aligned: align it on its landmarks first (needs the align extra) (default: raw)",
     )
     parser.add_argument(
-        "--tta", choices=("none", "hflip"),
+        "--tta", choices=CHOICES["train.tta"],
         help="test-time augmentation (default: the run's train.tta, the setting its checkpoint was selected with)",
     )
     parser.add_argument("--out", type=Path, help="output folder (default: <run>/evaluations/<name>)")

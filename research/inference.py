@@ -18,18 +18,18 @@ import torch
 from omegaconf import DictConfig
 
 from research import builders, plots
-from research.config import flatten, load_saved_config
+from research.config import CHOICES, flatten, load_saved_config
 from research.data.transforms import build_eval_transform
 from research.engine import metrics as M
 from research.engine.trainer import resolve_device
 from research.exported import ExportedModelError, OnnxModel
-from research.models.classifier import FERClassifier
+from research.models.classifier import FERClassifier, mirror_average
 from research.tracking.runs import RunFolder, read_checkpoint, write_json, write_npz
 from research.tracking.wandb_log import WandbRun, linked_run
 
 log = logging.getLogger(__name__)
 
-TTA_CHOICES = ("none", "hflip")
+TTA_CHOICES = CHOICES["train.tta"]
 
 
 @dataclass
@@ -122,8 +122,7 @@ def predict_logits(
             x = x.to(device)
             logits = model(x).float()
             if tta == "hflip":
-                probs = (torch.softmax(logits, 1) + torch.softmax(model(torch.flip(x, dims=[3])).float(), 1)) / 2
-                logits = probs.clamp_min(1e-12).log()
+                logits = mirror_average(model, x, logits)
             out.append(logits.cpu())
     if not out:
         return torch.empty(0, 0)

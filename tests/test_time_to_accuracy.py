@@ -6,6 +6,7 @@ import importlib.util
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,11 @@ REPO = Path(__file__).resolve().parents[1]
 def load_benchmark():
     spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports hostinfo from beside it, as when run
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
     return module
 
 

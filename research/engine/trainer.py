@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from research.engine.distributed import Distributed
 from research.engine.metrics import compute_metrics
-from research.models.classifier import FERClassifier
+from research.models.classifier import FERClassifier, mirror_average
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +178,8 @@ class Trainer:
         # 5 macro-F1 points on emociones-dev.
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=train and self.amp_dtype is not None):
             logits = self.net(images)
-            if not train and self.tta == "hflip":  # log of the mean probability, as inference.predict_logits
-                mirrored = self.net(torch.flip(images, dims=[3]))
-                probs = (torch.softmax(logits.float(), 1) + torch.softmax(mirrored.float(), 1)) / 2
-                logits = probs.clamp_min(1e-12).log()
+            if not train and self.tta == "hflip":  # the same averaging as inference.predict_logits
+                logits = mirror_average(self.net, images, logits)
             loss = self.loss_fn(logits.float(), targets)
         if train:
             if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank stops, not only the one that saw it

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor, nn
 
 # ImageNet statistics: pretrained torchvision/timm backbones expect inputs normalised with these.
@@ -81,6 +82,14 @@ class FERClassifier(nn.Module):
                 if name and not self._is_head(name):
                     module.eval()
         return self
+
+
+def mirror_average(net: Callable[[Tensor], Tensor], x: Tensor, logits: Tensor) -> Tensor:
+    """Horizontal-flip test-time augmentation: the log of the mean of the softmax of ``logits`` (``net(x)``)
+    and of ``net`` on the mirrored batch, so ``softmax`` of the result is the averaged probability."""
+    mirrored = net(torch.flip(x, dims=[3])).float()
+    probs = (torch.softmax(logits.float(), 1) + torch.softmax(mirrored, 1)) / 2
+    return probs.clamp_min(1e-12).log()
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
