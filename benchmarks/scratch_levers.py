@@ -18,7 +18,6 @@ import contextlib
 import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import time
@@ -29,6 +28,8 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hostinfo import cpu_model  # noqa: E402  (benchmarks/hostinfo.py, beside this script)
 
 from research.models.scratch import ScratchCNN  # noqa: E402
 
@@ -121,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("round %d/%d done", k + 1, args.rounds)
     base = statistics.median(results[variants[0].name])
     load = os.getloadavg()
-    print(f"Machine: {platform.processor() or platform.machine()}, nproc {os.cpu_count()}, torch {torch.__version__}, "
+    print(f"Machine: {cpu_model()}, nproc {os.cpu_count()}, torch {torch.__version__}, "
           f"{args.threads} torch thread(s), batch {args.batch_size}, {args.batches} batches x {args.rounds} rounds; "
           f"load average at end {load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}\n")
     print("| variant | images/s, median (range) | vs first row |")

@@ -124,26 +124,6 @@ def test_missing_landmark_model_names_the_extra(monkeypatch) -> None:
         check_available()
 
 
-def test_missing_dlib_is_exit_2_with_one_message(monkeypatch, caplog, tmp_path, trained_run, tiny_dataset) -> None:
-    from research.cli import evaluate_main, predict_main, train_main
-
-    _hide_dlib(monkeypatch)
-    commands = [
-        (train_main, [*FAST, f"data.root={tiny_dataset}", f"run.dir={tmp_path / 'runs'}", "data.face_crop=aligned"]),
-        (predict_main, ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "all", "--out", str(tmp_path / "p")]),
-        (evaluate_main, ["--run", str(trained_run), str(tiny_dataset), "--split", "validation", "--face", "aligned",
-                         "--out", str(tmp_path / "e")]),
-    ]
-    for main, argv in commands:
-        caplog.clear()
-        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
-            main(argv)
-        assert exit_info.value.code == 2
-        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-        assert len(errors) == 1 and INSTALL_HINT in errors[0], errors
-    assert not any(tmp_path.iterdir()), "a failed start left files behind"
-
-
 # --- predict / evaluate / train / report --------------------------------------------------------
 @pytest.fixture(scope="module")
 def face_folder(tmp_path_factory, astronaut) -> Path:

@@ -8,8 +8,10 @@ message and what is left on disk.
 from __future__ import annotations
 
 import csv
+import logging
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,6 +55,8 @@ def copy_dataset(src: Path, dst: Path) -> Path:
         ("faces.scale_factor=1", r"faces.scale_factor=1.0 is out of range"),
         ("model.name=resnet1", r"model.name='resnet1' is not a registered model; known: .*resnet18"),
         ("run.name=a/b", r"run.name='a/b' must be a folder name"),
+        ("optim.backbone_lr_mult=0", r"optim.backbone_lr_mult=0.0 is out of range: allowed a fraction of optim.lr in \(0, 1\]"),
+        ("train.tta=vflip", r"train.tta='vflip' is not one of none, hflip"),
     ],
 )
 def test_out_of_range_values_fail_at_load_with_nothing_left(override, message, tmp_path, tiny_dataset, caplog, monkeypatch):
@@ -331,3 +335,23 @@ def test_a_resumed_offline_run_is_one_record_with_every_epoch_once(tmp_path, tin
     assert [row["epoch"] for row in history if "train/loss" in row] == [1, 2, 3]
     steps = [row["_step"] for row in history]
     assert steps == sorted(steps)
+
+
+def test_missing_dlib_is_exit_2_with_one_message(monkeypatch, caplog, tmp_path, trained_run, tiny_dataset) -> None:
+    """The optional align extra missing (or hidden): train, predict and evaluate stop with exit code 2,
+    one message naming the install command, and nothing written. Runs with or without dlib installed."""
+    monkeypatch.setitem(sys.modules, "dlib", None)  # `import dlib` now raises ImportError
+    commands = [
+        (train_main, [*FAST, f"data.root={tiny_dataset}", f"run.dir={tmp_path / 'runs'}", "data.face_crop=aligned"]),
+        (predict_main, ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "all", "--out", str(tmp_path / "p")]),
+        (evaluate_main, ["--run", str(trained_run), str(tiny_dataset), "--split", "validation", "--face", "aligned",
+                         "--out", str(tmp_path / "e")]),
+    ]
+    for main, argv in commands:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR), pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(errors) == 1 and "poetry install --extras align" in errors[0], errors
+    assert not any(tmp_path.iterdir()), "a failed start left files behind"
