@@ -95,6 +95,7 @@ class TrainConfig:
     deterministic: bool = False  # torch deterministic algorithms (slower on CUDA)
     threads: int = 0  # torch CPU threads; 0 = torch default
     tta: str = "none"  # none | hflip: validation and final evaluation score the mean of image and mirror probabilities
+    ema_decay: float = 0.0  # > 0: validate, select and save an exponential moving average of the weights (e.g. 0.999); 0 = off
 
 
 @dataclass
@@ -309,6 +310,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
+    "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off; 0.998-0.9995 are usual)"),
     "train.early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
     "run.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

@@ -172,3 +172,49 @@ def test_hflip_tta_in_validation_and_final_evaluation(tmp_path, tiny_dataset):
     # numbers are the final evaluation's, which goes through inference.predict_logits
     assert saved["best"]["val/loss"] == pytest.approx(selected["val/loss"], abs=1e-4)
     assert saved["best"]["val/macro_f1"] == pytest.approx(selected["val/macro_f1"], abs=1e-6)
+
+
+def test_ema_is_validated_saved_and_resumed(tmp_path, tiny_dataset, monkeypatch):
+    """train.ema_decay > 0: training is unchanged, validation scores the averaged weights, best.pt holds
+    them (so evaluate/predict/export use what was selected, and the final evaluation equals the selected
+    epoch's row), last.pt keeps the raw weights too, and a resumed run equals an uninterrupted one."""
+    from research.cli import resolve_train_config
+    from research.engine.trainer import ModelEma
+
+    extra = ("train.epochs=3", "augment.preset=medium")
+    plain = train(cfg_for(tiny_dataset, tmp_path, "run.name=plain", *extra))
+    ema = train(cfg_for(tiny_dataset, tmp_path, "run.name=ema", "train.ema_decay=0.9", *extra))
+    rows_plain, rows_ema = _history(Path(plain.run_dir)), _history(Path(ema.run_dir))
+    assert [r["train/loss"] for r in rows_plain] == [r["train/loss"] for r in rows_ema]
+    assert [r["val/loss"] for r in rows_plain] != [r["val/loss"] for r in rows_ema]
+
+    run = Path(ema.run_dir)
+    last = torch.load(run / "last.pt", weights_only=False)
+    best = torch.load(run / "best.pt", weights_only=False)
+    assert last["ema"]["updates"] > 0 and "ema" not in best
+    raw, averaged = last["ema"]["train_model"], last["model"]
+    assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
+    saved = json.loads((run / "summary.json").read_text())
+    selected = next(r for r in rows_ema if r["epoch"] == saved["best_epoch"])
+    assert saved["best"]["val/acc"] == pytest.approx(selected["val/acc"], abs=1e-6)
+    assert saved["best"]["val/macro_f1"] == pytest.approx(selected["val/macro_f1"], abs=1e-6)
+
+    stop_interrupting = interrupt_after_epoch(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_for(tiny_dataset, tmp_path, "run.name=cut", "train.ema_decay=0.9", *extra))
+    stop_interrupting()
+    train(resolve_train_config(None, [f"run.resume={tmp_path / 'cut'}"]))
+    assert _history(tmp_path / "cut") == rows_ema
+
+    # the decay ramps up from the first update, so the average follows early training
+    net = torch.nn.Linear(2, 1)
+    avg = ModelEma(net, 0.999)
+    with torch.no_grad():
+        net.weight.add_(1.0)
+    avg.update(net)
+    assert torch.allclose(avg.module.weight, net.weight - 1.0 + (1 - 2 / 11))
+
+
+def test_ema_decay_out_of_range_is_refused():
+    with pytest.raises(Exception, match="train.ema_decay"):
+        load_config(None, ["train.ema_decay=1.0"])
