@@ -39,9 +39,14 @@ def torchrun(args: list[str], home: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def ddp_run(tmp_path_factory, tiny_dataset) -> dict:
-    """A 2-process run of one epoch (its folder's state kept), then resumed to two epochs."""
+    """A 2-process run of one epoch (its folder's state kept), then resumed to two epochs.
+
+    With a weight EMA: the ranks validate the averaged weights, whose batch-norm statistics each rank
+    averaged from its own batches until rank 0's are broadcast; the metric test below catches a miss.
+    """
     runs, home = tmp_path_factory.mktemp("ddp_runs"), tmp_path_factory.mktemp("ddp_home")
-    first = torchrun([*FAST, f"data.root={tiny_dataset}", f"run.dir={runs}", "run.name=ddp", "train.device=cpu"], home)
+    first = torchrun([*FAST, f"data.root={tiny_dataset}", f"run.dir={runs}", "run.name=ddp", "train.device=cpu",
+                      "train.ema_decay=0.5"], home)
     run = runs / "ddp"
     after_first = {
         "stdout": first.stdout, "folders": sorted(p.name for p in runs.iterdir()),

@@ -97,6 +97,12 @@ class Distributed:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def sync_buffers(self, module: nn.Module) -> None:
+        """Rank 0's buffers (batch-norm statistics) on every rank, e.g. for a model kept outside DDP."""
+        if self.enabled:
+            for buffer in module.buffers():
+                dist.broadcast(buffer.data, src=0)
+
     def on_main(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on rank 0 only; every rank returns its result or raises its exception.
 

@@ -110,9 +110,9 @@ def cpu_bf16_supported() -> bool:
 class ModelEma:
     """Exponential moving average of a model's weights and buffers, updated after every optimiser step.
 
-    ``decay`` ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first updates (as timm's
-    ``ModelEmaV3`` does), so the average follows the fast early training instead of the random
-    initialisation. Batch-norm running statistics are averaged too; integer buffers are copied.
+    ``decay`` ramps up as ``min(decay, (1 + n) / (10 + n))`` over the first ``n`` updates (the
+    ``num_updates`` rule of TensorFlow's ``ExponentialMovingAverage``), so the average follows the fast
+    early training instead of remembering the random initialisation. Batch-norm running statistics are averaged too; integer buffers are copied.
     """
 
     def __init__(self, model: nn.Module, decay: float) -> None:
@@ -329,6 +329,8 @@ class Trainer:
             self._reseed(train_loader, epoch)
             lr = self.optimizer.param_groups[0]["lr"]
             train_out = self.train_one_epoch(train_loader)
+            if self.ema is not None:  # each rank averaged its own batch-norm statistics; validate rank 0's
+                self.dist.sync_buffers(self.ema.module)
             val_out = self.evaluate(val_loader)
             state.train_seconds += train_out.seconds
             state.train_images += train_out.images
