@@ -12,7 +12,7 @@ import yaml
 from research.report import report_cli
 from research.report.card import write_model_card
 
-SECTIONS = ("## Model", "## Data", "## Preprocessing", "## Metrics", "## Calibration", "## Known weaknesses", "## Intended use and limits")
+SECTIONS = ("## Model", "## Data", "## Preprocessing", "## Training", "## Metrics", "## Calibration", "## Known weaknesses", "## Intended use and limits")
 
 
 def _section(card: str, title: str) -> str:
@@ -33,6 +33,11 @@ def test_card_of_a_trained_run(trained_run, tmp_path):
     pre = _section(card, "## Preprocessing")
     assert "32x32 px, 1 channel(s) (grayscale)" in pre and "pad to 32 x 32" in pre and "Haar" in pre
     assert "face crop: none during training" in pre and "--face aligned" in pre
+    config = yaml.safe_load((trained_run / "config.yaml").read_text())
+    recipe = _section(card, "## Training")
+    assert f"lr {config['optim']['lr']:g}" in recipe and f"{config['train']['epochs']} epochs planned" in recipe
+    assert f"`{config['augment']['preset']}` preset" in recipe
+    assert "the training weights of the best epoch" in recipe and "one view per image" in recipe
     metrics = _section(card, "## Metrics")
     assert "**One seed**" in metrics
     for key, name in (("val/acc", "accuracy"), ("val/macro_f1", "macro-F1"), ("val/ece", "ECE")):

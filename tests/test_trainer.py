@@ -172,6 +172,10 @@ def test_hflip_tta_in_validation_and_final_evaluation(tmp_path, tiny_dataset):
     # numbers are the final evaluation's, which goes through inference.predict_logits
     assert saved["best"]["val/loss"] == pytest.approx(selected["val/loss"], abs=1e-4)
     assert saved["best"]["val/macro_f1"] == pytest.approx(selected["val/macro_f1"], abs=1e-6)
+    from research.report.card import write_model_card
+
+    card = write_model_card(Path(tta.run_dir), tmp_path / "card.md").read_text()
+    assert "mean of the image's and its mirror's probabilities" in card
 
 
 def test_ema_is_validated_saved_and_resumed(tmp_path, tiny_dataset, monkeypatch):
@@ -180,6 +184,7 @@ def test_ema_is_validated_saved_and_resumed(tmp_path, tiny_dataset, monkeypatch)
     epoch's row), last.pt keeps the raw weights too, and a resumed run equals an uninterrupted one."""
     from research.cli import resolve_train_config
     from research.engine.trainer import ModelEma
+    from research.report.card import write_model_card
 
     extra = ("train.epochs=3", "augment.preset=medium")
     plain = train(cfg_for(tiny_dataset, tmp_path, "run.name=plain", *extra))
@@ -198,6 +203,8 @@ def test_ema_is_validated_saved_and_resumed(tmp_path, tiny_dataset, monkeypatch)
     selected = next(r for r in rows_ema if r["epoch"] == saved["best_epoch"])
     assert saved["best"]["val/acc"] == pytest.approx(selected["val/acc"], abs=1e-6)
     assert saved["best"]["val/macro_f1"] == pytest.approx(selected["val/macro_f1"], abs=1e-6)
+    card = write_model_card(run, tmp_path / "card.md").read_text()
+    assert "an exponential moving average of the training weights (decay 0.9)" in card
 
     stop_interrupting = interrupt_after_epoch(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):

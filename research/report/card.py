@@ -144,6 +144,33 @@ def _preprocessing(record: RunRecord, metadata: ModelMetadata | None) -> list[st
     ]
 
 
+def _training(record: RunRecord) -> list[str]:
+    """The recipe as the run's config records it; keys older runs lack are left out."""
+    c = record.config or {}
+    if not c:
+        return ["The run folder holds no config.yaml: the recipe is not recorded.", ""]
+    lines = []
+    if "optim.name" in c:
+        schedule = f"{c.get('optim.scheduler', '?')} schedule"
+        mult = c.get("optim.backbone_lr_mult", 1.0)
+        rates = f", backbone at {mult:g}x" if mult not in (None, 1, 1.0) and not str(record.pretrained).startswith(("none", "?")) else ""
+        lines.append(f"- optimiser: {c['optim.name']}, lr {c.get('optim.lr', '?'):g}{rates}, weight decay "
+                     f"{c.get('optim.weight_decay', '?')}, {schedule}, {c.get('train.epochs', '?')} epochs planned, "
+                     f"batch {c.get('data.batch_size', '?')}")
+    if "train.label_smoothing" in c:
+        lines.append(f"- loss: cross-entropy, label smoothing {c['train.label_smoothing']}, class weighting "
+                     f"`{c.get('train.class_weighting', 'none')}`")
+    if "augment.preset" in c:
+        lines.append(f"- augmentation: `{c['augment.preset']}` preset (`research/data/augment.py`)")
+    ema = c.get("train.ema_decay") or 0
+    lines.append("- weights: " + (f"an exponential moving average of the training weights (decay {ema:g}), "
+                                   "validated and saved as best.pt" if ema else "the training weights of the best epoch"))
+    tta = c.get("train.tta") or "none"
+    lines.append("- validation scores: " + ("mean of the image's and its mirror's probabilities (`train.tta=hflip`; "
+                                             "`predict`/`evaluate --tta hflip` give the same)" if tta == "hflip" else "one view per image"))
+    return lines + [""]
+
+
 def _floats(values: Sequence[float] | None) -> str:
     return "not recorded" if values is None else "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
 
@@ -240,6 +267,7 @@ def model_card(
     ]
     lines += _data(record)
     lines += ["## Preprocessing", ""] + _preprocessing(record, metadata)
+    lines += ["## Training", ""] + _training(record)
     lines += ["## Metrics", ""] + _metrics(record, group)
     lines += ["## Calibration", ""] + _calibration(record)
     lines += ["## Known weaknesses", ""] + _weaknesses(record)
