@@ -220,8 +220,3 @@ def test_ema_is_validated_saved_and_resumed(tmp_path, tiny_dataset, monkeypatch)
         net.weight.add_(1.0)
     avg.update(net)
     assert torch.allclose(avg.module.weight, net.weight - 1.0 + (1 - 2 / 11))
-
-
-def test_ema_decay_out_of_range_is_refused():
-    with pytest.raises(Exception, match="train.ema_decay"):
-        load_config(None, ["train.ema_decay=1.0"])

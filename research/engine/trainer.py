@@ -107,6 +107,11 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """``module``'s state dict as detached CPU tensors (what checkpoints store)."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+
 class ModelEma:
     """Exponential moving average of a model's weights and buffers, updated after every optimiser step.
 
@@ -123,20 +128,21 @@ class ModelEma:
         self.module = copy.deepcopy(model).eval()
         for p in self.module.parameters():
             p.requires_grad_(False)
+        state = self.module.state_dict()
+        self._floats = [k for k, v in state.items() if v.is_floating_point()]  # averaged
+        self._others = [k for k, v in state.items() if not v.is_floating_point()]  # copied (num_batches_tracked)
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
         ema_state, state = self.module.state_dict(), model.state_dict()
-        floats = [k for k, v in ema_state.items() if v.is_floating_point()]
-        torch._foreach_lerp_([ema_state[k] for k in floats], [state[k].detach() for k in floats], 1.0 - decay)
-        for k, v in ema_state.items():
-            if not v.is_floating_point():
-                v.copy_(state[k])
+        torch._foreach_lerp_([ema_state[k] for k in self._floats], [state[k].detach() for k in self._floats], 1.0 - decay)
+        for k in self._others:
+            ema_state[k].copy_(state[k])
 
     def state_dict(self) -> dict[str, Any]:
-        return {"module": {k: v.detach().cpu() for k, v in self.module.state_dict().items()}, "updates": self.updates}
+        return {"module": cpu_state(self.module), "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.module.load_state_dict(state["module"])
@@ -381,11 +387,10 @@ class Trainer:
         serves inference as it is; ``ema`` then also keeps the raw training weights for resuming.
         """
         s = self.state
-        weights = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
-        ema = None
+        weights, ema = cpu_state(self.model), None
         if self.ema is not None:
             ema = {"train_model": weights, "updates": self.ema.updates}
-            weights = self.ema.state_dict()["module"]
+            weights = cpu_state(self.ema.module)
         return {
             "model": weights,
             "ema": ema,
@@ -405,16 +410,12 @@ class Trainer:
             self.model.freeze_backbone()
         else:
             self.model.unfreeze()
-        ema = checkpoint.get("ema")
+        ema = checkpoint.get("ema")  # with an EMA, "model" is the average and the training weights are here
+        self.model.load_state_dict(ema["train_model"] if ema is not None else checkpoint["model"])
         if self.ema is not None and ema is not None:
-            self.model.load_state_dict(ema["train_model"])
             self.ema.load_state_dict({"module": checkpoint["model"], "updates": ema["updates"]})
-        elif ema is not None:  # resumed without EMA: go on from the raw training weights
-            self.model.load_state_dict(ema["train_model"])
-        else:
-            self.model.load_state_dict(checkpoint["model"])
-            if self.ema is not None:  # EMA switched on at resume: start the average from here
-                self.ema = ModelEma(self.model, self.ema.decay)
+        elif self.ema is not None:  # EMA switched on at resume: start the average from here
+            self.ema = ModelEma(self.model, self.ema.decay)
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         if self.scheduler is not None and checkpoint.get("scheduler") is not None:
             self.scheduler.load_state_dict(checkpoint["scheduler"])

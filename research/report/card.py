@@ -153,7 +153,7 @@ def _training(record: RunRecord) -> list[str]:
     if "optim.name" in c:
         schedule = f"{c.get('optim.scheduler', '?')} schedule"
         mult = c.get("optim.backbone_lr_mult", 1.0)
-        rates = f", backbone at {mult:g}x" if mult not in (None, 1, 1.0) and not str(record.pretrained).startswith(("none", "?")) else ""
+        rates = f", backbone at {mult:g}x" if mult not in (None, 1.0) and not str(record.pretrained).startswith(("none", "?")) else ""
         lines.append(f"- optimiser: {c['optim.name']}, lr {c.get('optim.lr', '?'):g}{rates}, weight decay "
                      f"{c.get('optim.weight_decay', '?')}, {schedule}, {c.get('train.epochs', '?')} epochs planned, "
                      f"batch {c.get('data.batch_size', '?')}")
