@@ -96,6 +96,8 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch default
     tta: str = "none"  # none | hflip: validation and final evaluation score the mean of image and mirror probabilities
     ema_decay: float = 0.0  # > 0: validate, select and save an exponential moving average of the weights (e.g. 0.999); 0 = off
+    mixup_alpha: float = 0.0  # > 0: mixup training batches, blend weight ~ Beta(alpha, alpha) (0.2-0.4 usual); 0 = off
+    cutmix_alpha: float = 0.0  # > 0: CutMix training batches (1.0 usual); with mixup too, each batch picks one; 0 = off
 
 
 @dataclass
@@ -311,6 +313,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.ema_decay": (lambda v: 0 <= v < 1, "in [0, 1) (0 = off; 0.998-0.9995 are usual)"),
+    "train.mixup_alpha": (lambda v: 0 <= v <= 10, "a Beta shape in [0, 10] (0 = off; 0.2-0.4 are usual)"),
+    "train.cutmix_alpha": (lambda v: 0 <= v <= 10, "a Beta shape in [0, 10] (0 = off; 1.0 is usual)"),
     "train.early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
     "run.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),

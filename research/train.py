@@ -294,7 +294,7 @@ def _train(
         model, optimizer=optimizer, loss_fn=builders.build_loss(cfg.train, bundle.train.class_counts), device=device,
         epochs=cfg.train.epochs, scheduler=scheduler, scheduler_interval=interval, grad_clip=cfg.train.grad_clip,
         amp=cfg.train.amp, channels_last=cfg.train.channels_last, monitor=cfg.train.monitor, tta=cfg.train.tta,
-        ema_decay=cfg.train.ema_decay,
+        ema_decay=cfg.train.ema_decay, mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
         patience=cfg.train.early_stopping_patience, unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
         seed=cfg.run.seed, checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
         distributed=distributed, progress=None if distributed.is_main else False,

@@ -58,6 +58,7 @@ def copy_dataset(src: Path, dst: Path) -> Path:
         ("optim.backbone_lr_mult=0", r"optim.backbone_lr_mult=0.0 is out of range: allowed a fraction of optim.lr in \(0, 1\]"),
         ("train.tta=vflip", r"train.tta='vflip' is not one of none, hflip"),
         ("train.ema_decay=1", r"train.ema_decay=1.0 is out of range: allowed in \[0, 1\) \(0 = off"),
+        ("train.cutmix_alpha=-1", r"train.cutmix_alpha=-1.0 is out of range: allowed a Beta shape in \[0, 10\]"),
     ],
 )
 def test_out_of_range_values_fail_at_load_with_nothing_left(override, message, tmp_path, tiny_dataset, caplog, monkeypatch):

@@ -161,7 +161,10 @@ def _training(record: RunRecord) -> list[str]:
         lines.append(f"- loss: cross-entropy, label smoothing {c['train.label_smoothing']}, class weighting "
                      f"`{c.get('train.class_weighting', 'none')}`")
     if "augment.preset" in c:
-        lines.append(f"- augmentation: `{c['augment.preset']}` preset (`research/data/augment.py`)")
+        mixing = [f"{name} alpha {c[key]:g}" for name, key in (("mixup", "train.mixup_alpha"), ("CutMix", "train.cutmix_alpha"))
+                  if c.get(key)]
+        lines.append(f"- augmentation: `{c['augment.preset']}` preset (`research/data/augment.py`)"
+                     + (f", batches mixed: {' or '.join(mixing)}" if mixing else ""))
     ema = c.get("train.ema_decay") or 0
     lines.append("- weights: " + (f"an exponential moving average of the training weights (decay {ema:g}), "
                                    "validated and saved as best.pt" if ema else "the training weights of the best epoch"))
