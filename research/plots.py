@@ -81,6 +81,7 @@ def plot_curves(
     title_suffix: str = "",
     *,
     best_epoch: int | None = None,
+    train_label: str = "train",
 ) -> list[Path]:
     """Train vs validation curves per epoch: ``curves_{loss,acc,top2,macro_f1}.png`` (+ ``curves_lr.png``).
 
@@ -90,6 +91,8 @@ def plot_curves(
         title_suffix: appended to every title, e.g. ``"(synthetic demo data)"``.
         best_epoch: the epoch whose checkpoint was kept; marked on every curve. When
             ``None``, each figure marks the best validation epoch of its own metric.
+        train_label: legend of the training curve, e.g. ``"train (mixup/CutMix batches)"`` when its
+            metrics were measured on mixed images (higher loss, lower accuracy than validation).
 
     Returns:
         The written paths; a metric missing from ``history`` is skipped.
@@ -100,7 +103,7 @@ def plot_curves(
     paths: list[Path] = []
     for key, (label, higher_is_better) in CURVE_METRICS.items():
         columns = [
-            (f"{split}/{key}", name) for split, name in (("train", "train"), ("val", "validation"))
+            (f"{split}/{key}", name) for split, name in (("train", train_label), ("val", "validation"))
         ]
         if not any(column in frame.columns for column, _ in columns):
             continue

@@ -162,7 +162,10 @@ def write_final_evaluation(
         evaluation, run.path, figures_dir=run.figures, label=label, header=f"best epoch {trainer.state.best_epoch}"
     )
     figures = {f"figures/{name}": path for name, path in figures.items()}
-    for path in plots.plot_curves(trainer.state.history, run.figures, title_suffix=f"({label})", best_epoch=trainer.state.best_epoch):
+    mixed = trainer.mixup_alpha > 0 or trainer.cutmix_alpha > 0
+    train_label = "train (mixup/CutMix batches)" if mixed else "train"
+    for path in plots.plot_curves(trainer.state.history, run.figures, title_suffix=f"({label})",
+                                  best_epoch=trainer.state.best_epoch, train_label=train_label):
         figures[f"figures/{path.stem}"] = path
     wandb_run.log_confusion(evaluation.targets, evaluation.preds, evaluation.class_names)
     wandb_run.log_images(figures)

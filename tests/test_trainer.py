@@ -244,10 +244,20 @@ def test_mix_batch_mixup_and_cutmix_blend_each_image_with_its_partner():
             assert share == pytest.approx(lam, abs=1e-6)
 
 
-def test_mixup_and_cutmix_train_and_are_recorded_in_the_model_card(tmp_path, tiny_dataset):
+def test_mixup_and_cutmix_train_and_are_recorded_in_the_model_card(tmp_path, tiny_dataset, monkeypatch):
     """Mixed batches change training (not validation's inputs); the run is deterministic per seed; the
-    recipe is in the config and the model card."""
+    recipe is in the config and the model card; the curves say the training side saw mixed images."""
+    from research import plots
     from research.report.card import write_model_card
+
+    legends = []
+    real_plot_curves = plots.plot_curves
+
+    def recording_plot_curves(*args, **kwargs):
+        legends.append(kwargs.get("train_label", "train"))
+        return real_plot_curves(*args, **kwargs)
+
+    monkeypatch.setattr(plots, "plot_curves", recording_plot_curves)
 
     extra = ("train.epochs=2",)
     plain = train(cfg_for(tiny_dataset, tmp_path, "run.name=plain", *extra))
@@ -259,3 +269,4 @@ def test_mixup_and_cutmix_train_and_are_recorded_in_the_model_card(tmp_path, tin
     assert all(torch.isfinite(torch.tensor(r["val/loss"])) for r in rows_mix)
     card = write_model_card(Path(mixed[0].run_dir), tmp_path / "card.md").read_text()
     assert "batches mixed: mixup alpha 0.4 or CutMix alpha 1" in card
+    assert legends == ["train", "train (mixup/CutMix batches)", "train (mixup/CutMix batches)"]
