@@ -541,3 +541,15 @@ def test_compare_across_datasets_keeps_one_ranking(runs_root: Path, tmp_path: Pa
     with pytest.raises(SystemExit):
         report_main(["--runs", str(runs_root), "--out", str(out)])
     assert "## Comparison\n" not in out.read_text() and REAL in out.read_text()
+
+
+def test_overfitting_check_says_when_train_accuracy_was_measured_on_mixed_batches() -> None:
+    from types import SimpleNamespace
+
+    from research.report.conclusions import _overfitting
+
+    history = [{"epoch": 15, "train/acc": 0.60, "val/acc": 0.75}]
+    plain = _overfitting(SimpleNamespace(history=history, config={"train.mixup_alpha": 0.0}))
+    mixed = _overfitting(SimpleNamespace(history=history, config={"train.mixup_alpha": 0.0, "train.cutmix_alpha": 1.0}))
+    assert plain.endswith("so validation is 15.0 points above train (train accuracy is measured on augmented batches).")
+    assert mixed.endswith("(train accuracy is measured on augmented batches mixed by mixup/CutMix, so it understates the fit).")

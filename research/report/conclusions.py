@@ -266,9 +266,13 @@ def _overfitting(record: RunRecord) -> str | None:
         relation = f"so validation is {_points(train, val)} above train"
     else:
         relation = "with no gap"
+    config = record.config or {}
+    mixed = bool(config.get("train.mixup_alpha") or config.get("train.cutmix_alpha"))
+    measured = ("augmented batches mixed by mixup/CutMix, so it understates the fit" if mixed
+                else "augmented batches")
     return (
         f"Overfitting check: at the last epoch ({int(last['epoch'])}) train accuracy is {train:.3f} and "
-        f"validation accuracy {val:.3f}, {relation} (train accuracy is measured on augmented batches)."
+        f"validation accuracy {val:.3f}, {relation} (train accuracy is measured on {measured})."
     )
 
 
