@@ -10,7 +10,9 @@ classes with at least ``--min-support`` validation images (on emociones-dev ``fe
 one of them found moves the 7-class macro-F1 by about 5 points, as much as the difference being
 measured), all as mean ± sample std over the runs, then the per-run values. With two or more
 labels it adds the difference of the means, first label minus each other one. The scores are the
-selected checkpoints' (``best.pt``), as the run recorded them; nothing is retrained or re-scored.
+selected checkpoints' (``best.pt``), as the run recorded them (accuracy from ``summary.json``'s
+``best``, per-class F1 from ``per_class.json``, both written by the final evaluation of ``best.pt``);
+nothing is retrained or re-scored. The class counts in the header are the first group's.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ def run_scores(run: Path, min_support: float) -> dict[str, float]:
     supported = {k: v for k, v in present.items() if v["support"] >= min_support}
     return {
         "acc": float(summary["best"]["val/acc"]),
-        "macro_f1": sum(v["f1"] for v in present.values()) / len(present),
-        "macro_f1_supported": sum(v["f1"] for v in supported.values()) / max(len(supported), 1),
+        "macro_f1": sum(v["f1"] for v in present.values()) / max(len(present), 1),
+        "macro_f1_supported": sum(v["f1"] for v in supported.values()) / len(supported) if supported else float("nan"),
         "classes": len(present),
         "supported": len(supported),
     }
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         label, sep, pattern = group.partition("=")
         if not sep or not label or not pattern:
             print(f"error: {group!r} is not LABEL=GLOB (e.g. scratch=runs/dev/scratch_cnn-s*)", file=sys.stderr)
+            return 2
+        if label in table:
+            print(f"error: the label {label!r} is given twice; give each group its own label", file=sys.stderr)
             return 2
         runs = sorted(Path(p) for p in glob.glob(pattern) if (Path(p) / "per_class.json").is_file())
         if not runs:

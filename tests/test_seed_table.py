@@ -49,3 +49,6 @@ def test_bad_arguments_exit_2_with_one_message(tmp_path, capsys):
     assert "is not LABEL=GLOB" in capsys.readouterr().err
     assert table.main([f"x={tmp_path}/nothing-*"]) == 2
     assert "no finished run folder" in capsys.readouterr().err
+    _run(tmp_path / "a", 0.5, {"big": (0.5, 100)})
+    assert table.main([f"x={tmp_path}/a", f"x={tmp_path}/a"]) == 2
+    assert "the label 'x' is given twice" in capsys.readouterr().err

@@ -270,3 +270,33 @@ def test_mixup_and_cutmix_train_and_are_recorded_in_the_model_card(tmp_path, tin
     card = write_model_card(Path(mixed[0].run_dir), tmp_path / "card.md").read_text()
     assert "batches mixed: mixup alpha 0.4 or CutMix alpha 1" in card
     assert legends == ["train", "train (mixup/CutMix batches)", "train (mixup/CutMix batches)"]
+
+
+def test_a_mixed_batch_is_scored_against_both_labels(monkeypatch):
+    """Trainer.step's loss on a mixed batch is lam x CE(own label) + (1 - lam) x CE(partner's label),
+    with the run's class weights and label smoothing; a mask scores a subset against the same partners."""
+    import torch.nn.functional as F
+
+    from research.engine import trainer as trainer_module
+    from research.engine.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+    weight = torch.tensor([1.0, 2.0, 0.5])
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weight, label_smoothing=0.1)
+    trainer = Trainer(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.0), loss_fn=loss_fn,
+                      device=torch.device("cpu"), epochs=1, amp=False, channels_last=False, mixup_alpha=0.4)
+    images, targets = torch.randn(4, 1, 4, 4), torch.tensor([0, 1, 2, 1])
+    partner, lam = torch.tensor([2, 3, 0, 1]), 0.7
+    mixed = images * lam + images[partner] * (1 - lam)
+    monkeypatch.setattr(trainer_module, "mix_batch", lambda x, a, b: (mixed, partner, lam))
+    loss, logits = trainer.step(images, targets, train=True)
+    with torch.no_grad():
+        out = model(mixed)
+    expected = lam * F.cross_entropy(out, targets, weight=weight, label_smoothing=0.1) + (1 - lam) * F.cross_entropy(
+        out, targets[partner], weight=weight, label_smoothing=0.1)
+    assert torch.allclose(logits, out) and loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    keep = torch.tensor([True, False, True, False])
+    subset = lam * F.cross_entropy(out[keep], targets[keep], weight=weight, label_smoothing=0.1) + (1 - lam) * F.cross_entropy(
+        out[keep], targets[partner][keep], weight=weight, label_smoothing=0.1)
+    assert trainer.batch_loss(logits, targets, trainer.last_mix, keep).item() == pytest.approx(subset.item(), rel=1e-5)

@@ -162,7 +162,7 @@ def mix_batch(images: torch.Tensor, mixup_alpha: float, cutmix_alpha: float) -> 
         return None
     use_cutmix = cutmix_alpha > 0 and (mixup_alpha <= 0 or bool(torch.rand(()) < 0.5))
     alpha = cutmix_alpha if use_cutmix else mixup_alpha
-    lam = float(torch.distributions.Beta(alpha, alpha).sample())
+    lam = float(torch.distributions.Beta(alpha, alpha, validate_args=False).sample())
     partner = torch.randperm(images.shape[0], device=images.device)
     if not use_cutmix:
         return images * lam + images[partner] * (1 - lam), partner, lam
@@ -173,7 +173,7 @@ def mix_batch(images: torch.Tensor, mixup_alpha: float, cutmix_alpha: float) -> 
     y0, y1 = max(cy - ch // 2, 0), min(cy + ch // 2, h)
     x0, x1 = max(cx - cw // 2, 0), min(cx + cw // 2, w)
     mixed = images.clone()
-    mixed[..., y0:y1, x0:x1] = images[partner][..., y0:y1, x0:x1]
+    mixed[:, :, y0:y1, x0:x1] = images[partner, :, y0:y1, x0:x1]
     return mixed, partner, 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
@@ -240,6 +240,7 @@ class Trainer:
         # Weight EMA: validation, best.pt and the final evaluation use the averaged weights.
         self.ema = ModelEma(self.model, ema_decay) if ema_decay > 0 else None
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.last_mix: tuple[torch.Tensor, float] | None = None
 
     # --- one step, one epoch -------------------------------------------------------
     def step(self, images: torch.Tensor, targets: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,15 +255,15 @@ class Trainer:
         # 5 macro-F1 points on emociones-dev.
         net = self.net if train or self.ema is None else self.ema.module
         mix = mix_batch(images, self.mixup_alpha, self.cutmix_alpha) if train else None
+        self.last_mix = None  # (partner index, lam) of this batch when it was mixed: run_epoch re-scores with it
         if mix is not None:
             images, partner, lam = mix
+            self.last_mix = (partner, lam)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=train and self.amp_dtype is not None):
             logits = net(images)
             if not train and self.tta == "hflip":  # the same averaging as inference.predict_logits
                 logits = mirror_average(net, images, logits)
-            loss = self.loss_fn(logits.float(), targets)
-            if mix is not None:  # the blend's loss: lam x (own label) + (1 - lam) x (partner's label)
-                loss = lam * loss + (1 - lam) * self.loss_fn(logits.float(), targets[partner])
+            loss = self.batch_loss(logits, targets, self.last_mix)
         if train:
             if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank stops, not only the one that saw it
                 raise NonFiniteLossError(
@@ -283,6 +284,21 @@ class Trainer:
                 self.scheduler.step()
         return loss.detach(), logits.detach()
 
+    def batch_loss(
+        self, logits: torch.Tensor, targets: torch.Tensor, mix: tuple[torch.Tensor, float] | None = None,
+        keep: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The loss of a batch; for a mixed one ``lam`` x (own label) + ``1 - lam`` x (partner's label).
+        ``keep`` (a boolean mask) scores only those images, each still against its own partner."""
+        partner_targets = targets[mix[0]] if mix is not None else None
+        if keep is not None:
+            logits, targets = logits[keep], targets[keep]
+            partner_targets = partner_targets[keep] if partner_targets is not None else None
+        loss = self.loss_fn(logits.float(), targets)
+        if mix is not None:
+            loss = mix[1] * loss + (1 - mix[1]) * self.loss_fn(logits.float(), partner_targets)
+        return loss
+
     def run_epoch(self, loader: DataLoader, *, train: bool, desc: str = "") -> EpochOutput:
         """One pass over ``loader``; metrics over all of its predictions (of every rank's shard)."""
         self.net.train(train)
@@ -299,8 +315,10 @@ class Trainer:
                     real = torch.from_numpy(shard.real[done : done + len(targets)])
                     done += len(targets)
                     if not real.all():  # the sampler's repeated samples: trained on, not counted
-                        logits, targets = logits[real.to(logits.device)], targets[real]
-                        loss = self.loss_fn(logits.float(), targets.to(self.device)).detach() if len(targets) else loss
+                        keep = real.to(logits.device)
+                        if keep.any():
+                            loss = self.batch_loss(logits, targets.to(self.device), self.last_mix, keep).detach()
+                        logits, targets = logits[keep], targets[real]
                 batch = targets.shape[0]
                 loss_sum += loss.item() * batch
                 seen += batch
