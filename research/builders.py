@@ -51,6 +51,7 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
         pretrained=model_cfg.pretrained and pretrained,
         pretrained_file=model_cfg.pretrained_file if pretrained else None,
         pretrained_fallback=model_cfg.pretrained_fallback, in_chans=cfg.data.channels, dropout=model_cfg.dropout,
+        drop_path=model_cfg.get("drop_path", 0.0),
     )
     if model_cfg.mode == "frozen":
         model.freeze_backbone()
@@ -118,16 +119,27 @@ def build_eval_loader(dataset: Dataset, cfg: DictConfig) -> DataLoader:
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
     """Weight decay on weights only (not on biases and norm parameters). With
     ``optim.backbone_lr_mult`` < 1 (discriminative learning rates) the pretrained backbone's groups
-    start at ``lr * backbone_lr_mult`` and the new head's at ``lr``; the scheduler scales every group
-    by the same factor. The head's groups come first, so ``param_groups[0]`` carries the logged lr."""
+    start at ``lr * backbone_lr_mult`` and the new head's at ``lr``. With ``optim.layer_decay`` d < 1
+    (layer-wise decay) the backbone's layer groups (:meth:`FERClassifier.backbone_layers`) step down
+    from the output: the last one at ``lr * backbone_lr_mult``, the one below at ``d`` times that, the
+    stem at ``d ** (L - 1)`` times it. The scheduler scales every group by the same factor. The head's
+    groups come first, so ``param_groups[0]`` carries the logged lr."""
     mult = float(optim_cfg.get("backbone_lr_mult", 1.0))
-    head_ids = {id(p) for p in model.head_parameters()} if mult != 1.0 and hasattr(model, "head_parameters") else set()
+    layer_decay = float(optim_cfg.get("layer_decay", 1.0))
+    split = (mult != 1.0 or layer_decay != 1.0) and hasattr(model, "head_parameters")
+    if not split:
+        layers = [list(model.parameters())]
+        rates = [optim_cfg.lr]
+    else:
+        backbone = model.backbone_layers() if layer_decay != 1.0 else [
+            [p for p in model.parameters() if id(p) not in {id(h) for h in model.head_parameters()}]
+        ]
+        layers = [model.head_parameters(), *reversed(backbone)]
+        rates = [optim_cfg.lr] + [optim_cfg.lr * mult * layer_decay**depth for depth in range(len(backbone))]
     groups = []
-    for head in (True, False):
-        named = [(n, p) for n, p in model.named_parameters() if (id(p) in head_ids) == head]
-        lr = optim_cfg.lr if head else optim_cfg.lr * mult
+    for params_of_layer, lr in zip(layers, rates):
         for decay in (True, False):
-            params = [p for _, p in named if (p.ndim > 1) == decay]
+            params = [p for p in params_of_layer if (p.ndim > 1) == decay]
             if params:
                 groups.append({"params": params, "weight_decay": optim_cfg.weight_decay if decay else 0.0, "lr": lr})
     if optim_cfg.name == "sgd":

@@ -65,6 +65,7 @@ class ModelConfig:
     mode: str = "finetune"  # finetune | frozen (feature extraction: only the new head trains)
     unfreeze_epoch: int = 0  # with mode=frozen: unfreeze the whole backbone from this epoch (0 = never)
     dropout: float = 0.2  # dropout before the classifier
+    drop_path: float = 0.0  # stochastic depth (timm/<name> models' drop_path_rate): residual blocks skipped at random in training; 0 = off
 
 
 @dataclass
@@ -79,6 +80,7 @@ class OptimConfig:
     step_size: int = 10  # step scheduler: epochs between decays
     gamma: float = 0.1  # step/plateau decay factor
     backbone_lr_mult: float = 1.0  # discriminative learning rates: the backbone trains at lr x this, the new head at lr
+    layer_decay: float = 1.0  # layer-wise lr decay: each backbone layer group trains at this x the rate of the one above it; 1 = off
 
 
 @dataclass
@@ -301,6 +303,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_split_seed": (lambda v: v >= 0, ">= 0"),
     "model.unfreeze_epoch": (lambda v: v >= 0, ">= 0 (0 = never)"),
     "model.dropout": (lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "model.drop_path": (lambda v: 0 <= v < 1, "a probability in [0, 1) (0 = off; 0.1-0.2 are usual)"),
     "optim.lr": (lambda v: v > 0, "> 0"),
     "optim.weight_decay": (lambda v: v >= 0, ">= 0"),
     "optim.momentum": (lambda v: 0 <= v < 1, "in [0, 1)"),
@@ -309,6 +312,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "optim.step_size": (lambda v: v >= 1, ">= 1 epoch"),
     "optim.gamma": (lambda v: 0 < v <= 1, "a decay factor in (0, 1]"),
     "optim.backbone_lr_mult": (lambda v: 0 < v <= 1, "a fraction of optim.lr in (0, 1] (1 = one rate for all)"),
+    "optim.layer_decay": (lambda v: 0 < v <= 1, "a factor per layer group in (0, 1] (1 = off; 0.7-0.9 are usual)"),
     "train.epochs": (lambda v: v >= 1, ">= 1"),
     "train.label_smoothing": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.grad_clip": (lambda v: v >= 0, ">= 0 (0 = off)"),
@@ -358,6 +362,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.run.name is not None and (not cfg.run.name.strip() or any(c in cfg.run.name for c in "/\\")):
         raise ConfigError(f"run.name={cfg.run.name!r} must be a folder name (no slashes); or leave it unset")
     _check_model_name(cfg.model.name)
+    if cfg.model.drop_path and not cfg.model.name.startswith("timm/"):
+        raise ConfigError(
+            f"model.drop_path={cfg.model.drop_path}: stochastic depth is available for timm/<name> models only, "
+            f"not {cfg.model.name}; set model.drop_path=0 or pick a timm model"
+        )
     _check_device(cfg.train.device)
     if cfg.data.face_crop == "aligned":
         _check_align_extra("data.face_crop=aligned")

@@ -242,12 +242,13 @@ def _train(
     final_loader = builders.build_eval_loader(bundle.val, cfg) if distributed.enabled else val_loader
 
     optim_cfg = cfg.optim
-    if cfg.optim.backbone_lr_mult != 1.0 and model.pretrained_source.startswith("none"):
+    split_rates = {k: cfg.optim[k] for k in ("backbone_lr_mult", "layer_decay") if cfg.optim.get(k, 1.0) != 1.0}
+    if split_rates and model.pretrained_source.startswith("none"):
         # Discriminative rates protect pretrained features; a randomly initialised backbone (e.g. the hub
         # was unreachable and model.pretrained_fallback took over) needs the full rate to learn at all.
-        log.info("optim.backbone_lr_mult=%s ignored: the backbone is not pretrained, so it trains at optim.lr",
-                 cfg.optim.backbone_lr_mult)
-        optim_cfg = OmegaConf.merge(cfg.optim, {"backbone_lr_mult": 1.0})
+        log.info("%s ignored: the backbone is not pretrained, so it trains at optim.lr",
+                 " and ".join(f"optim.{k}={v}" for k, v in split_rates.items()))
+        optim_cfg = OmegaConf.merge(cfg.optim, {k: 1.0 for k in split_rates})
     optimizer = builders.build_optimizer(model, optim_cfg)
     scheduler, interval = builders.build_scheduler(
         optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=len(train_loader), monitor=cfg.train.monitor

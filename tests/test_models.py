@@ -179,3 +179,58 @@ def test_backbone_lr_mult_is_range_checked():
 
     with pytest.raises(ConfigError, match=r"optim.backbone_lr_mult=0.0 is out of range"):
         load_config(None, ["optim.backbone_lr_mult=0"])
+
+
+@pytest.mark.parametrize("name", ["resnet18", "mobilenet_v3_small", "timm/tf_efficientnet_lite0"])
+def test_backbone_layers_cover_the_backbone_from_stem_to_output(name):
+    """Every non-head parameter is in exactly one layer group; the first group holds the stem (the input
+    convolution), and the groups follow the forward pass."""
+    model = create_model(name, 7, in_chans=3)
+    layers = model.backbone_layers()
+    ids = [id(p) for layer in layers for p in layer]
+    head = {id(p) for p in model.head_parameters()}
+    assert sorted(ids) == sorted(id(p) for p in model.parameters() if id(p) not in head)
+    assert len(layers) >= 8
+    group_of = {id(p): i for i, layer in enumerate(layers) for p in layer}
+    convs = [m.weight for n, m in model.net.named_modules() if isinstance(m, torch.nn.Conv2d) and not model._is_head(n)]
+    order = [group_of[id(w)] for w in convs]
+    assert order[0] == 0 and order == sorted(order)  # the stem first; convolutions in forward order
+    assert order[-1] >= len(layers) - 2  # the last convolution in the last groups (mobilenet adds a pretrained linear)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "timm/tf_efficientnet_lite0"])
+def test_layer_wise_learning_rate_decay(name):
+    """optim.layer_decay d: the head at lr, the backbone's last layer group at lr x backbone_lr_mult, each
+    group below at d times the one above, down to the stem at lr x mult x d**(L-1); every parameter once."""
+    from omegaconf import OmegaConf
+
+    from research.builders import build_optimizer
+
+    model = create_model(name, 7, in_chans=3)
+    cfg = OmegaConf.create({"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,
+                            "backbone_lr_mult": 0.5, "layer_decay": 0.8})
+    opt = build_optimizer(model, cfg)
+    grouped = [id(p) for g in opt.param_groups for p in g["params"]]
+    assert sorted(grouped) == sorted(id(p) for p in model.parameters())
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    layers = model.backbone_layers()
+    depth = len(layers)
+    for i, layer in enumerate(layers):
+        rates = {lr_of[id(p)] for p in layer}
+        assert len(rates) == 1 and rates.pop() == pytest.approx(1e-3 * 0.5 * 0.8 ** (depth - 1 - i))
+    assert {lr_of[id(p)] for p in model.head_parameters()} == {1e-3}
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+def test_drop_path_reaches_timm_blocks_and_is_refused_elsewhere():
+    from research.config import ConfigError, load_config
+
+    model = create_model("timm/tf_efficientnet_lite0", 7, in_chans=3, drop_path=0.2)
+    rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
+    assert rates and max(rates) == pytest.approx(0.2, abs=0.02) and min(rates) < max(rates)  # timm's linear ramp
+    plain = create_model("timm/tf_efficientnet_lite0", 7, in_chans=3)
+    assert not [m for m in plain.modules() if type(m).__name__ == "DropPath"]
+    with pytest.raises(ConfigError, match=r"model.drop_path=0.1: stochastic depth is available for timm/<name> models only, not resnet18"):
+        load_config(None, ["model.name=resnet18", "model.drop_path=0.1"])
+    with pytest.raises(ConfigError, match=r"optim.layer_decay=0.0 is out of range"):
+        load_config(None, ["optim.layer_decay=0"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -150,10 +151,10 @@ def test_backbone_lr_mult_is_ignored_without_pretrained_weights(tmp_path, tiny_d
     import logging
 
     cfg = load_config(None, [f"data.root={tiny_dataset}", f"run.dir={tmp_path}", "run.name=m", *FAST,
-                             "model.name=scratch_cnn_small", "optim.backbone_lr_mult=0.1"])
+                             "model.name=scratch_cnn_small", "optim.backbone_lr_mult=0.1", "optim.layer_decay=0.8"])
     with caplog.at_level(logging.INFO, logger="research.train"):
         train(cfg)
-    assert "optim.backbone_lr_mult=0.1 ignored" in caplog.text
+    assert "optim.backbone_lr_mult=0.1 and optim.layer_decay=0.8 ignored" in caplog.text
 
 
 def test_hflip_tta_in_validation_and_final_evaluation(tmp_path, tiny_dataset):
@@ -300,3 +301,22 @@ def test_a_mixed_batch_is_scored_against_both_labels(monkeypatch):
     subset = lam * F.cross_entropy(out[keep], targets[keep], weight=weight, label_smoothing=0.1) + (1 - lam) * F.cross_entropy(
         out[keep], targets[partner][keep], weight=weight, label_smoothing=0.1)
     assert trainer.batch_loss(logits, targets, trainer.last_mix, keep).item() == pytest.approx(subset.item(), rel=1e-5)
+
+
+def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_card(tmp_path, tiny_dataset):
+    """optim.layer_decay and model.drop_path in a real run of a timm backbone with weights from a file: the
+    logged lr is the head's, the run trains, and the model card states both."""
+    import timm
+
+    from research.report.card import write_model_card
+
+    weights = tmp_path / "lite0.pth"
+    torch.save(timm.create_model("tf_efficientnet_lite0").state_dict(), weights)
+    summary = train(cfg_for(tiny_dataset, tmp_path / "runs", "run.name=ld", "model.name=timm/tf_efficientnet_lite0",
+                            f"model.pretrained_file={weights}", "data.channels=3", "optim.lr=0.002",
+                            "optim.backbone_lr_mult=0.5", "optim.layer_decay=0.8", "model.drop_path=0.1"))
+    rows = _history(Path(summary.run_dir))
+    assert all(math.isfinite(r["train/loss"]) for r in rows)
+    card = write_model_card(Path(summary.run_dir), tmp_path / "card.md").read_text()
+    assert "lr 0.002, backbone at 0.5x, layer-wise decay 0.8 per layer group" in card
+    assert "- stochastic depth: residual blocks dropped with rate up to 0.1 in training (`model.drop_path`)" in card

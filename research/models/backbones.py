@@ -188,12 +188,16 @@ def create_timm_model(
     pretrained_fallback: bool = False,
     in_chans: int = 3,
     dropout: float = 0.2,
+    drop_path: float = 0.0,
     **_: object,
 ) -> FERClassifier:
-    """Any timm model by name; timm adapts the stem to ``in_chans`` and drops the old classifier."""
+    """Any timm model by name; timm adapts the stem to ``in_chans`` and drops the old classifier.
+    ``drop_path`` > 0 turns on stochastic depth (timm's ``drop_path_rate``, for the models that have it)."""
     import timm
 
     kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=dropout)
+    if drop_path:
+        kwargs["drop_path_rate"] = drop_path
     source = "none"
     try:
         if pretrained_file:

@@ -61,6 +61,25 @@ class FERClassifier(nn.Module):
     def head_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.net.named_parameters() if self._is_head(n)]
 
+    def backbone_layers(self) -> list[list[nn.Parameter]]:
+        """The backbone's parameters (not the head's) in layer groups, from the input to the output, for
+        layer-wise learning-rate decay. A timm network groups itself (``group_matcher``: the stem, then
+        each block); any other groups by module: ``layer1.0``, ``features.3``, ``conv1``... in the order
+        the network registers them, which is the order of the forward pass for the registered models."""
+        named = [(n, p) for n, p in self.net.named_parameters() if not self._is_head(n)]
+        layers: dict[object, list[nn.Parameter]] = {}
+        if hasattr(self.net, "group_matcher"):
+            from timm.models import group_parameters
+
+            groups = group_parameters(self.net, self.net.group_matcher(coarse=False))
+            layer_of = {n: i for i, names in enumerate(groups.values()) for n in names}
+            for name, param in sorted(named, key=lambda item: layer_of[item[0]]):
+                layers.setdefault(layer_of[name], []).append(param)
+        else:
+            for name, param in named:
+                layers.setdefault(_module_key(name), []).append(param)
+        return list(layers.values())
+
     def freeze_backbone(self) -> None:
         """Feature extraction: only the head keeps ``requires_grad``."""
         for name, param in self.net.named_parameters():
@@ -82,6 +101,12 @@ class FERClassifier(nn.Module):
                 if name and not self._is_head(name):
                     module.eval()
         return self
+
+
+def _module_key(name: str) -> str:
+    """``layer1.0.conv1.weight`` -> ``layer1.0``; ``features.3.block...`` -> ``features.3``; ``conv1.weight`` -> ``conv1``."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) > 2 and parts[1].isdigit() else parts[0]
 
 
 def mirror_average(net: Callable[[Tensor], Tensor], x: Tensor, logits: Tensor) -> Tensor:

@@ -153,7 +153,10 @@ def _training(record: RunRecord) -> list[str]:
     if "optim.name" in c:
         schedule = f"{c.get('optim.scheduler', '?')} schedule"
         mult = c.get("optim.backbone_lr_mult", 1.0)
-        rates = f", backbone at {mult:g}x" if mult not in (None, 1.0) and not str(record.pretrained).startswith(("none", "?")) else ""
+        decay = c.get("optim.layer_decay", 1.0)
+        pretrained = not str(record.pretrained).startswith(("none", "?"))
+        rates = f", backbone at {mult:g}x" if mult not in (None, 1.0) and pretrained else ""
+        rates += f", layer-wise decay {decay:g} per layer group" if decay not in (None, 1.0) and pretrained else ""
         lines.append(f"- optimiser: {c['optim.name']}, lr {c.get('optim.lr', '?'):g}{rates}, weight decay "
                      f"{c.get('optim.weight_decay', '?')}, {schedule}, {c.get('train.epochs', '?')} epochs planned, "
                      f"batch {c.get('data.batch_size', '?')}")
@@ -165,6 +168,9 @@ def _training(record: RunRecord) -> list[str]:
                   if c.get(key)]
         lines.append(f"- augmentation: `{c['augment.preset']}` preset (`research/data/augment.py`)"
                      + (f", batches mixed: {' or '.join(mixing)}" if mixing else ""))
+    if c.get("model.drop_path"):
+        lines.append(f"- stochastic depth: residual blocks dropped with rate up to {c['model.drop_path']:g} in training "
+                     "(`model.drop_path`)")
     ema = c.get("train.ema_decay") or 0
     lines.append("- weights: " + (f"an exponential moving average of the training weights (decay {ema:g}), "
                                    "validated and saved as best.pt" if ema else "the training weights of the best epoch"))
