@@ -137,7 +137,7 @@ def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Opti
         layers = [model.head_parameters(), *reversed(backbone)]
         rates = [optim_cfg.lr] + [optim_cfg.lr * mult * layer_decay**depth for depth in range(len(backbone))]
     groups = []
-    for params_of_layer, lr in zip(layers, rates):
+    for params_of_layer, lr in zip(layers, rates, strict=True):
         for decay in (True, False):
             params = [p for p in params_of_layer if (p.ndim > 1) == decay]
             if params:
