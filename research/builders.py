@@ -9,6 +9,7 @@ eval preprocessing is the same object in both.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
 from research.align import LandmarkAligner
-from research.config import ConfigError, augment_params
+from research.config import ConfigError, augment_params, init_checkpoint
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle
 from research.data.face_crop import FaceCropStep
@@ -29,6 +30,8 @@ from research.engine.trainer import seed_worker
 from research.faces import HaarFaceCropper
 from research.models import create_model
 from research.models.classifier import FERClassifier
+
+log = logging.getLogger(__name__)
 
 FACE_SETTINGS = ("scale_factor", "min_neighbors", "min_size", "margin", "pad", "upscale_to", "fallback")
 # faces.<key> -> LandmarkAligner argument; pad, upscale_to and fallback are shared with the Haar cropper.
@@ -44,15 +47,27 @@ DISTRIBUTED_BALANCED = (
 
 
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
-    """The run's model; ``pretrained=False`` skips loading weights (a checkpoint follows)."""
+    """The run's model; ``pretrained=False`` skips loading weights (a checkpoint follows). With
+    ``model.init_from`` the whole network, head included (the 7 classes are the same in every run),
+    starts from that run's weights and normalisation instead of ``model.pretrained``'s."""
     model_cfg = cfg.model
+    init = init_checkpoint(cfg) if pretrained else None
+    load_hub = pretrained and init is None
     model = create_model(
         model_cfg.name, len(CANONICAL_CLASSES),
-        pretrained=model_cfg.pretrained and pretrained,
-        pretrained_file=model_cfg.pretrained_file if pretrained else None,
+        pretrained=model_cfg.pretrained and load_hub,
+        pretrained_file=model_cfg.pretrained_file if load_hub else None,
         pretrained_fallback=model_cfg.pretrained_fallback, in_chans=cfg.data.channels, dropout=model_cfg.dropout,
         drop_path=model_cfg.get("drop_path", 0.0),
     )
+    if init is not None:
+        path, ckpt = init
+        model.load_state_dict(ckpt["model"])
+        model.mean = tuple(float(v) for v in ckpt.get("mean", model.mean))
+        model.std = tuple(float(v) for v in ckpt.get("std", model.std))
+        model.pretrained_source = f"run:{path}"
+        log.info("model.init_from: weights and normalisation of %s (epoch %s; that run started from %s)",
+                 path, ckpt.get("epoch", "?"), ckpt.get("pretrained_source", "?"))
     if model_cfg.mode == "frozen":
         model.freeze_backbone()
     return model

@@ -61,6 +61,7 @@ class ModelConfig:
     name: str = "scratch_cnn"  # a registry name (poetry run train --list-models) or timm/<name>
     pretrained: bool = False  # load pretrained weights (hub cache / download, or pretrained_file)
     pretrained_file: str | None = None  # local state_dict for offline machines
+    init_from: str | None = None  # a run folder (its best.pt) or checkpoint of the same model: start from its weights, head included
     pretrained_fallback: bool = False  # if hub weights cannot be had, train from scratch (logged)
     mode: str = "finetune"  # finetune | frozen (feature extraction: only the new head trains)
     unfreeze_epoch: int = 0  # with mode=frozen: unfreeze the whole backbone from this epoch (0 = never)
@@ -439,6 +440,37 @@ def check_inputs(cfg: DictConfig) -> None:
         raise ConfigError(f"model.pretrained_file={cfg.model.pretrained_file} not found; give the path of a state_dict file")
     if cfg.run.new_images and not Path(cfg.run.new_images).expanduser().is_dir():
         raise ConfigError(f"run.new_images={cfg.run.new_images} is not a folder of images")
+    init_checkpoint(cfg)
+
+
+def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
+    """``(path, checkpoint)`` of ``model.init_from`` (a run folder means its ``best.pt``), checked to hold
+    the model this run builds (same ``model.name`` and ``data.channels``); None when the key is unset."""
+    source = cfg.model.get("init_from")
+    if not source:
+        return None
+    from research.tracking.runs import CheckpointError, read_checkpoint
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / "best.pt"
+    if not path.is_file():
+        raise ConfigError(
+            f"model.init_from={source}: {path} not found; give a finished run folder (its best.pt is used) "
+            "or a best.pt / last.pt of this package"
+        )
+    try:
+        ckpt = read_checkpoint(path)
+    except CheckpointError as err:
+        raise ConfigError(f"model.init_from={source}: {err}") from None
+    name = ckpt.get("model_name")
+    channels = (ckpt.get("config") or {}).get("data", {}).get("channels")
+    if name != cfg.model.name or channels != cfg.data.channels:
+        raise ConfigError(
+            f"model.init_from={source} holds a {name} model on {channels}-channel input, but this run builds "
+            f"{cfg.model.name} on {cfg.data.channels}; set model.name={name} data.channels={channels}"
+        )
+    return path, ckpt
 
 
 def to_yaml(cfg: DictConfig) -> str:

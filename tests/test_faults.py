@@ -59,6 +59,8 @@ def copy_dataset(src: Path, dst: Path) -> Path:
         ("train.tta=vflip", r"train.tta='vflip' is not one of none, hflip"),
         ("train.ema_decay=1", r"train.ema_decay=1.0 is out of range: allowed in \[0, 1\) \(0 = off"),
         ("train.cutmix_alpha=-1", r"train.cutmix_alpha=-1.0 is out of range: allowed a Beta shape in \[0, 10\]"),
+        ("optim.layer_decay=1.5", r"optim.layer_decay=1.5 is out of range: allowed a factor per layer group in \(0, 1\]"),
+        ("model.init_from=no-such-run", r"model.init_from=no-such-run: no-such-run not found; give a finished run folder"),
     ],
 )
 def test_out_of_range_values_fail_at_load_with_nothing_left(override, message, tmp_path, tiny_dataset, caplog, monkeypatch):

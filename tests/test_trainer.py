@@ -320,3 +320,30 @@ def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_c
     card = write_model_card(Path(summary.run_dir), tmp_path / "card.md").read_text()
     assert "lr 0.002, backbone at 0.5x, layer-wise decay 0.8 per layer group" in card
     assert "- stochastic depth: residual blocks dropped with rate up to 0.1 in training (`model.drop_path`)" in card
+
+
+def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_path, tiny_dataset, caplog):
+    """model.init_from=RUN: the new run's network (head included) and normalisation start as RUN's best.pt,
+    its pretrained source names RUN (so discriminative rates apply and the card says where it came from),
+    and it trains on; a run of another model or channel count is refused at load, naming both."""
+    from research import builders
+    from research.cli import train_main
+    from research.config import ConfigError
+
+    first = train(cfg_for(tiny_dataset, tmp_path, "run.name=source", "data.mean=[0.4]", "data.std=[0.3]"))
+    best = torch.load(Path(first.run_dir) / "best.pt", weights_only=False)
+    cfg = cfg_for(tiny_dataset, tmp_path, "run.name=child", f"model.init_from={first.run_dir}")
+    model = builders.build_model(cfg)
+    assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
+    assert (model.mean, model.std) == (pytest.approx((0.4,)), pytest.approx((0.3,)))
+    assert model.pretrained_source == f"run:{Path(first.run_dir) / 'best.pt'}"
+    child = train(cfg)
+    assert json.loads((Path(child.run_dir) / "summary.json").read_text())["pretrained"].startswith("run:")
+    with pytest.raises(ConfigError, match=r"holds a scratch_cnn_small model on 1-channel input, but this run builds "
+                                          r"scratch_cnn on 1; set model.name=scratch_cnn_small data.channels=1"):
+        builders.build_model(cfg_for(tiny_dataset, tmp_path, "model.name=scratch_cnn", f"model.init_from={first.run_dir}"))
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([*FAST, f"data.root={tiny_dataset}", f"run.dir={tmp_path / 'other'}", "data.channels=3",
+                    f"model.init_from={first.run_dir}"])
+    assert exit_info.value.code == 2 and not (tmp_path / "other").exists()
+    assert "set model.name=scratch_cnn_small data.channels=1" in caplog.text
