@@ -49,28 +49,56 @@ DISTRIBUTED_BALANCED = (
 def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
     """The run's model; ``pretrained=False`` skips loading weights (a checkpoint follows). With
     ``model.init_from`` the whole network, head included (the 7 classes are the same in every run),
-    starts from that run's weights and normalisation instead of ``model.pretrained``'s."""
+    starts from that run's weights and normalisation instead of ``model.pretrained``'s; a resumed run
+    skips that (its ``last.pt`` follows) and :func:`restore_run_source` restores what it recorded."""
     model_cfg = cfg.model
     init = init_checkpoint(cfg) if pretrained else None
-    load_hub = pretrained and init is None
-    model = create_model(
-        model_cfg.name, len(CANONICAL_CLASSES),
-        pretrained=model_cfg.pretrained and load_hub,
-        pretrained_file=model_cfg.pretrained_file if load_hub else None,
-        pretrained_fallback=model_cfg.pretrained_fallback, in_chans=cfg.data.channels, dropout=model_cfg.dropout,
-        drop_path=model_cfg.get("drop_path", 0.0),
-    )
+    load_hub = pretrained and not model_cfg.get("init_from")
+    if pretrained and not load_hub and (model_cfg.pretrained or model_cfg.pretrained_file):
+        log.info("model.init_from is set: model.pretrained / model.pretrained_file are not loaded")
+    try:
+        model = create_model(
+            model_cfg.name, len(CANONICAL_CLASSES),
+            pretrained=model_cfg.pretrained and load_hub,
+            pretrained_file=model_cfg.pretrained_file if load_hub else None,
+            pretrained_fallback=model_cfg.pretrained_fallback, in_chans=cfg.data.channels, dropout=model_cfg.dropout,
+            drop_path=model_cfg.get("drop_path", 0.0),
+        )
+    except TypeError as err:
+        if "drop_path_rate" not in str(err):
+            raise
+        raise ConfigError(
+            f"model.drop_path={model_cfg.drop_path}: {model_cfg.name} has no stochastic depth; set model.drop_path=0"
+        ) from None
     if init is not None:
         path, ckpt = init
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise ConfigError(
+                f"model.init_from={model_cfg.init_from}: its weights do not fit this {model_cfg.name} "
+                f"({str(err).splitlines()[0][:160]}); start from a run of the same model"
+            ) from None
         model.mean = tuple(float(v) for v in ckpt.get("mean", model.mean))
         model.std = tuple(float(v) for v in ckpt.get("std", model.std))
-        model.pretrained_source = f"run:{path}"
+        model.pretrained_source = f"run:{path.parent.name}/{path.name}"
         log.info("model.init_from: weights and normalisation of %s (epoch %s; that run started from %s)",
                  path, ckpt.get("epoch", "?"), ckpt.get("pretrained_source", "?"))
+        for key, value in (("mean", cfg.data.mean), ("std", cfg.data.std)):
+            if value is not None and [round(float(v), 6) for v in value] != [round(v, 6) for v in getattr(model, key)]:
+                log.warning("data.%s=%s differs from the %s the model.init_from run was trained with (%s); "
+                            "leave data.%s unset to keep the source's", key, list(value), key, list(getattr(model, key)), key)
     if model_cfg.mode == "frozen":
         model.freeze_backbone()
     return model
+
+
+def restore_run_source(model: FERClassifier, cfg: DictConfig, checkpoint: Mapping[str, Any]) -> None:
+    """On resume of a ``model.init_from`` run: the normalisation and weight source its checkpoint recorded."""
+    if cfg.model.get("init_from"):
+        model.mean = tuple(float(v) for v in checkpoint.get("mean", model.mean))
+        model.std = tuple(float(v) for v in checkpoint.get("std", model.std))
+        model.pretrained_source = checkpoint.get("pretrained_source", model.pretrained_source)
 
 
 def normalization(cfg: DictConfig, model: FERClassifier) -> Stats:
@@ -146,11 +174,13 @@ def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Opti
         layers = [list(model.parameters())]
         rates = [optim_cfg.lr]
     else:
-        backbone = model.backbone_layers() if layer_decay != 1.0 else [
-            [p for p in model.parameters() if id(p) not in {id(h) for h in model.head_parameters()}]
-        ]
+        head_ids = {id(h) for h in model.head_parameters()}
+        backbone = model.backbone_layers() if layer_decay != 1.0 else [[p for p in model.parameters() if id(p) not in head_ids]]
         layers = [model.head_parameters(), *reversed(backbone)]
         rates = [optim_cfg.lr] + [optim_cfg.lr * mult * layer_decay**depth for depth in range(len(backbone))]
+        if layer_decay != 1.0:
+            log.info("layer-wise lr decay %g over %d backbone layer groups: the last at %.2e, the stem at %.2e (head %.2e)",
+                     layer_decay, len(backbone), rates[1], rates[-1], rates[0])
     groups = []
     for params_of_layer, lr in zip(layers, rates, strict=True):
         for decay in (True, False):

@@ -436,7 +436,7 @@ def check_inputs(cfg: DictConfig) -> None:
                 f"data.root={root} does not exist. Run `poetry run fetch-data` or pass data.root=DIR "
                 "(a folder with train/ and validation/ class folders), or data.root=demo."
             )
-    if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).expanduser().is_file():
+    if cfg.model.pretrained_file and not cfg.model.get("init_from") and not Path(cfg.model.pretrained_file).expanduser().is_file():
         raise ConfigError(f"model.pretrained_file={cfg.model.pretrained_file} not found; give the path of a state_dict file")
     if cfg.run.new_images and not Path(cfg.run.new_images).expanduser().is_dir():
         raise ConfigError(f"run.new_images={cfg.run.new_images} is not a folder of images")
@@ -445,9 +445,10 @@ def check_inputs(cfg: DictConfig) -> None:
 
 def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     """``(path, checkpoint)`` of ``model.init_from`` (a run folder means its ``best.pt``), checked to hold
-    the model this run builds (same ``model.name`` and ``data.channels``); None when the key is unset."""
+    the model this run builds (same ``model.name`` and ``data.channels``). None when the key is unset or
+    the run is resumed: ``last.pt`` then holds the weights, and the source may have moved since."""
     source = cfg.model.get("init_from")
-    if not source:
+    if not source or cfg.run.get("resume"):
         return None
     from research.tracking.runs import CheckpointError, read_checkpoint
 
@@ -459,12 +460,17 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
             f"model.init_from={source}: {path} not found; give a finished run folder (its best.pt is used) "
             "or a best.pt / last.pt of this package"
         )
+    plain = ("a plain state_dict (ImageNet weights, say) goes to model.pretrained_file; model.init_from takes "
+             "a run folder or a best.pt / last.pt written by this package")
     try:
         ckpt = read_checkpoint(path)
     except CheckpointError as err:
-        raise ConfigError(f"model.init_from={source}: {err}") from None
+        reason = str(err).split(". ")[0]
+        raise ConfigError(f"model.init_from={source}: {reason}; {plain}") from None
     name = ckpt.get("model_name")
     channels = (ckpt.get("config") or {}).get("data", {}).get("channels")
+    if name is None or channels is None:
+        raise ConfigError(f"model.init_from={source}: {path} records no model name or config; {plain}")
     if name != cfg.model.name or channels != cfg.data.channels:
         raise ConfigError(
             f"model.init_from={source} holds a {name} model on {channels}-channel input, but this run builds "

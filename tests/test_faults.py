@@ -359,3 +359,24 @@ def test_missing_dlib_is_exit_2_with_one_message(monkeypatch, caplog, tmp_path, 
         errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
         assert len(errors) == 1 and "poetry install --extras align" in errors[0], errors
     assert not any(tmp_path.iterdir()), "a failed start left files behind"
+
+
+def test_init_from_a_plain_state_dict_or_a_damaged_file_says_what_to_use(tmp_path, tiny_dataset, caplog):
+    weights = tmp_path / "weights.pth"
+    torch.save({"conv.weight": torch.zeros(1)}, weights)
+    assert cli(train_main, train_args(tiny_dataset, tmp_path / "runs", f"model.init_from={weights}")) == 2
+    assert "a plain state_dict (ImageNet weights, say) goes to model.pretrained_file" in caplog.text
+    damaged = tmp_path / "run" / "best.pt"
+    damaged.parent.mkdir()
+    damaged.write_bytes(b"not a zip")
+    caplog.clear()
+    assert cli(train_main, train_args(tiny_dataset, tmp_path / "runs", f"model.init_from={damaged.parent}")) == 2
+    assert f"model.init_from={damaged.parent}: {damaged} is damaged or not a checkpoint" in caplog.text
+    assert "--checkpoint" not in caplog.text and "Traceback" not in caplog.text
+    assert not (tmp_path / "runs").exists()
+
+
+def test_drop_path_on_a_timm_model_without_stochastic_depth(tmp_path, tiny_dataset, caplog):
+    assert cli(train_main, train_args(tiny_dataset, tmp_path / "runs", "model.name=timm/vgg11", "data.channels=3",
+                                      "model.drop_path=0.1")) == 2
+    assert "model.drop_path=0.1: timm/vgg11 has no stochastic depth; set model.drop_path=0" in caplog.text

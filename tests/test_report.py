@@ -553,3 +553,18 @@ def test_overfitting_check_says_when_train_accuracy_was_measured_on_mixed_batche
     mixed = _overfitting(SimpleNamespace(history=history, config={"train.mixup_alpha": 0.0, "train.cutmix_alpha": 1.0}))
     assert plain.endswith("so validation is 15.0 points above train (train accuracy is measured on augmented batches).")
     assert mixed.endswith("(train accuracy is measured on augmented batches mixed by mixup/CutMix, so it understates the fit).")
+
+
+def test_runs_recorded_before_a_key_existed_pool_with_runs_at_its_default():
+    """A config key added later (model.drop_path, optim.layer_decay...) is absent from older runs' config.yaml;
+    at its default it does not split seeds of one recipe into two groups, and a changed value still does."""
+    from research.config import flatten
+    from research.report.collect import RunRecord
+    from research.report.statistics import config_key
+
+    new = flatten(load_config(None, ["run.seed=1"]))
+    old = {k: v for k, v in new.items() if k not in ("model.drop_path", "optim.layer_decay", "model.init_from")}
+    changed = {**new, "optim.layer_decay": 0.8}
+    assert config_key(RunRecord(run_id="r", config=old)) == config_key(RunRecord(run_id="r", config=new))
+    assert config_key(RunRecord(run_id="r", config=changed)) != config_key(RunRecord(run_id="r", config=new))
+    assert config_key(RunRecord(run_id="r", config={**new, "optim.lr": 0.5})) != config_key(RunRecord(run_id="r", config=new))

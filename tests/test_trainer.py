@@ -305,7 +305,7 @@ def test_a_mixed_batch_is_scored_against_both_labels(monkeypatch):
 
 def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_card(tmp_path, tiny_dataset):
     """optim.layer_decay and model.drop_path in a real run of a timm backbone with weights from a file: the
-    logged lr is the head's, the run trains, and the model card states both."""
+    run trains, and the model card states both (the per-group rates: test_models.py)."""
     import timm
 
     from research.report.card import write_model_card
@@ -323,6 +323,8 @@ def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_c
 
 
 def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_path, tiny_dataset, caplog):
+    import logging
+
     """model.init_from=RUN: the new run's network (head included) and normalisation start as RUN's best.pt,
     its pretrained source names RUN (so discriminative rates apply and the card says where it came from),
     and it trains on; a run of another model or channel count is refused at load, naming both."""
@@ -332,13 +334,15 @@ def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_p
 
     first = train(cfg_for(tiny_dataset, tmp_path, "run.name=source", "data.mean=[0.4]", "data.std=[0.3]"))
     best = torch.load(Path(first.run_dir) / "best.pt", weights_only=False)
-    cfg = cfg_for(tiny_dataset, tmp_path, "run.name=child", f"model.init_from={first.run_dir}")
+    cfg = cfg_for(tiny_dataset, tmp_path, "run.name=child", f"model.init_from={first.run_dir}", "optim.backbone_lr_mult=0.5")
     model = builders.build_model(cfg)
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
     assert (model.mean, model.std) == (pytest.approx((0.4,)), pytest.approx((0.3,)))
-    assert model.pretrained_source == f"run:{Path(first.run_dir) / 'best.pt'}"
-    child = train(cfg)
-    assert json.loads((Path(child.run_dir) / "summary.json").read_text())["pretrained"].startswith("run:")
+    assert model.pretrained_source == "run:source/best.pt"
+    with caplog.at_level(logging.INFO, logger="research.train"):
+        child = train(cfg)
+    assert "ignored" not in caplog.text  # the backbone counts as pretrained: the discriminative rates apply
+    assert json.loads((Path(child.run_dir) / "summary.json").read_text())["pretrained"] == "run:source/best.pt"
     with pytest.raises(ConfigError, match=r"holds a scratch_cnn_small model on 1-channel input, but this run builds "
                                           r"scratch_cnn on 1; set model.name=scratch_cnn_small data.channels=1"):
         builders.build_model(cfg_for(tiny_dataset, tmp_path, "model.name=scratch_cnn", f"model.init_from={first.run_dir}"))
@@ -347,3 +351,26 @@ def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_p
                     f"model.init_from={first.run_dir}"])
     assert exit_info.value.code == 2 and not (tmp_path / "other").exists()
     assert "set model.name=scratch_cnn_small data.channels=1" in caplog.text
+
+
+def test_an_init_from_run_resumes_after_its_source_is_gone(tmp_path, tiny_dataset, monkeypatch):
+    """Resuming reads last.pt only: the source run may be deleted; the normalisation and weight source stay
+    what the run started with, and the history continues."""
+    import shutil
+
+    first = train(cfg_for(tiny_dataset, tmp_path, "run.name=source", "data.mean=[0.4]", "data.std=[0.3]"))
+    stop = interrupt_after_epoch(monkeypatch, 1)
+    cfg = cfg_for(tiny_dataset, tmp_path, "run.name=child", f"model.init_from={first.run_dir}",
+                  "optim.backbone_lr_mult=0.5", "train.epochs=2")
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    stop()
+    shutil.rmtree(first.run_dir)
+    child = Path(tmp_path) / "child"
+    from research.cli import resolve_train_config
+
+    resumed = train(resolve_train_config(None, [f"run.resume={child}"]))
+    assert [r["epoch"] for r in _history(child)] == [1, 2]
+    last = torch.load(child / "last.pt", weights_only=False)
+    assert last["mean"] == pytest.approx([0.4]) and last["std"] == pytest.approx([0.3])
+    assert resumed.pretrained == "run:source/best.pt"

@@ -76,8 +76,12 @@ class FERClassifier(nn.Module):
             for name, param in sorted(named, key=lambda item: layer_of[item[0]]):
                 layers.setdefault(layer_of[name], []).append(param)
         else:
+            norms = (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
             for name, param in named:
-                layers.setdefault(_module_key(name), []).append(param)
+                key = _module_key(name)
+                if key not in layers and layers and isinstance(self.net.get_submodule(key), norms):
+                    key = next(reversed(layers))  # ResNet's bn1 belongs to the stem convolution before it
+                layers.setdefault(key, []).append(param)
         return list(layers.values())
 
     def freeze_backbone(self) -> None:

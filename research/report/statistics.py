@@ -17,13 +17,16 @@ bootstrap confidence intervals over the validation images and McNemar's paired t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from omegaconf import OmegaConf
 from scipy.stats import binom
 
+from research.config import Config, flatten
 from research.report.collect import RunRecord
 
 # Config keys that do not make two runs different configurations.
@@ -39,16 +42,25 @@ OTHER_IMAGES = "the validation images differ"
 
 
 def config_key(record: RunRecord) -> tuple[tuple[str, str], ...] | None:
-    """The run's configuration without seed, name, folders and W&B settings; ``None`` without a config."""
+    """The run's configuration without seed, name, folders and W&B settings, and without keys at their
+    schema default (so a run recorded before a key existed groups with a new run that leaves it at the
+    default); ``None`` without a config."""
     if not record.config:
         return None
+    defaults = _schema_defaults()
     return tuple(
         sorted(
             (key, repr(value))
             for key, value in record.config.items()
             if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
+            and not (key in defaults and defaults[key] == value)
         )
     )
+
+
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    return flatten(OmegaConf.structured(Config))
 
 
 @dataclass
