@@ -568,3 +568,10 @@ def test_runs_recorded_before_a_key_existed_pool_with_runs_at_its_default():
     assert config_key(RunRecord(run_id="r", config=old)) == config_key(RunRecord(run_id="r", config=new))
     assert config_key(RunRecord(run_id="r", config=changed)) != config_key(RunRecord(run_id="r", config=new))
     assert config_key(RunRecord(run_id="r", config={**new, "optim.lr": 0.5})) != config_key(RunRecord(run_id="r", config=new))
+    # and the row labels name only what really differs: not a key one run lacks and the other has at its default
+    from research.report.statistics import RunGroup, _label
+
+    groups = [RunGroup([RunRecord(run_id=f"{name}-s{i}", model="scratch_cnn", config=config) for i in (1, 2)])
+              for name, config in (("old", old), ("changed", changed))]
+    _label(groups)
+    assert [g.label for g in groups] == ["scratch_cnn (optim.layer_decay=1.0)", "scratch_cnn (optim.layer_decay=0.8)"]

@@ -155,14 +155,15 @@ def _label(groups: Sequence[RunGroup]) -> None:
         if len(same) == 1:
             group.label = group.model
             continue
-        configs = [g.best_run.config or {} for g in same]
+        defaults = _schema_defaults()  # a key older runs lack counts as its default, as in config_key
+        configs = [{**defaults, **(g.best_run.config or {})} for g in same]
         differ = sorted(
             key
             for key in {k for c in configs for k in c}
             if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
             and len({repr(c.get(key)) for c in configs}) > 1
         )
-        mine = group.best_run.config or {}
+        mine = {**defaults, **(group.best_run.config or {})}
         shown = ", ".join(f"{k}={mine.get(k)}" for k in differ[:3])
         group.label = f"{group.model} ({shown})" if shown else group.best_run.run_id
 
