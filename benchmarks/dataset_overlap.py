@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from research.data.images import ImageDecodeError, load_image
+
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 log = logging.getLogger("dataset_overlap")
 
@@ -40,11 +42,9 @@ def vectors(paths: list[Path], size: int, desc: str, crop=None) -> np.ndarray:
     """One centred, unit-norm row per image (a constant image stays all zeros); ``crop(rgb) -> rgb`` first."""
     out = np.zeros((len(paths), size * size), dtype=np.float32)
     for i, path in enumerate(tqdm(paths, desc=desc, unit="img", disable=None)):
-        with Image.open(path) as img:
-            img = img.convert("L")
-            if crop is not None:
-                img = Image.fromarray(crop(np.asarray(img.convert("RGB")))).convert("L")
-            out[i] = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32).ravel()
+        rgb = load_image(path)  # as training reads it: EXIF orientation applied, alpha flattened
+        img = Image.fromarray(crop(rgb) if crop is not None else rgb).convert("L")
+        out[i] = np.asarray(img.resize((size, size), Image.BILINEAR), dtype=np.float32).ravel()
     out -= out.mean(axis=1, keepdims=True)
     norms = np.linalg.norm(out, axis=1, keepdims=True)
     return np.divide(out, norms, out=np.zeros_like(out), where=norms > 1e-6)
@@ -74,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="compare A's largest Haar-cascade face (no margin) instead of A's whole images")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.size < 8:
+        log.error("--size %d is too small to tell images apart; use 8 or more (48 is FER2013's size)", args.size)
+        return 2
     for root in (args.a, args.b):
         if not root.is_dir():
             log.error("%s is not a folder of images; pass two dataset folders", root)
@@ -89,8 +92,12 @@ def main(argv: list[str] | None = None) -> int:
 
         cropper = HaarFaceCropper(margin=0.0, fallback=True)
         crop = lambda rgb: cropper(rgb).image  # noqa: E731
-    score, index = best_matches(vectors(paths_a, args.size, args.a.name, crop), vectors(paths_b, args.size, args.b.name),
-                                args.size)
+    try:
+        score, index = best_matches(vectors(paths_a, args.size, args.a.name, crop),
+                                    vectors(paths_b, args.size, args.b.name), args.size)
+    except ImageDecodeError as err:
+        log.error("%s; remove or replace the file and run again", err)
+        return 2
     what = "largest Haar face of each image" if args.crop_faces else "whole images"
     print(f"{args.a} ({len(paths_a)} images, {what}) against {args.b} ({len(paths_b)} images and their mirrors), "
           f"{args.size} px grayscale, best normalised correlation per image of {args.a.name}:\n")

@@ -465,16 +465,25 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     try:
         ckpt = read_checkpoint(path)
     except CheckpointError as err:
-        reason = str(err).split(". ")[0]
-        raise ConfigError(f"model.init_from={source}: {reason}; {plain}") from None
+        reason = str(err)[len(str(path)) :].split(". ")[0]  # the sentence after the path, without the way out
+        raise ConfigError(f"model.init_from={source}: {path}{reason}; {plain}") from None
     name = ckpt.get("model_name")
-    channels = (ckpt.get("config") or {}).get("data", {}).get("channels")
+    saved = ckpt.get("config")
+    data = saved.get("data") if isinstance(saved, dict) else None
+    channels = data.get("channels") if isinstance(data, dict) else None
     if name is None or channels is None:
         raise ConfigError(f"model.init_from={source}: {path} records no model name or config; {plain}")
     if name != cfg.model.name or channels != cfg.data.channels:
         raise ConfigError(
             f"model.init_from={source} holds a {name} model on {channels}-channel input, but this run builds "
-            f"{cfg.model.name} on {cfg.data.channels}; set model.name={name} data.channels={channels}"
+            f"{cfg.model.name} on {cfg.data.channels}-channel input; set model.name={name} data.channels={channels}"
+        )
+    from research.data.classes import CANONICAL_CLASSES
+
+    if list(ckpt.get("class_names", CANONICAL_CLASSES)) != list(CANONICAL_CLASSES):
+        raise ConfigError(
+            f"model.init_from={source}: its head predicts {list(ckpt['class_names'])}, not this package's classes "
+            f"{list(CANONICAL_CLASSES)}; start from a run of this version of the package"
         )
     return path, ckpt
 

@@ -410,6 +410,8 @@ def train_seeds(
         result = SeedResult(seed=one.run.seed, run_dir=Path(one.run.dir) / one.run.name)
         try:
             result.summary = train(one, command=command, after_fit=after_fit)
+        except ConfigError:  # the configuration, not the seed: every other seed would fail the same way
+            raise
         except Exception as err:  # one failed seed must not cost the others
             result.error = f"{type(err).__name__}: {err}"
             log.error("seed %d (%s) failed: %s", result.seed, result.run_dir, result.error)

@@ -67,3 +67,17 @@ def test_crop_faces_keeps_faceless_images_whole(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "largest Haar face of each image" in out
     assert out.splitlines()[-1].split()[1:] == ["y/copy.png", "x/1.png"]
+
+
+def test_an_unreadable_image_or_a_tiny_size_is_exit_code_2(tmp_path, caplog):
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    Image.fromarray(face(0)).save(a / "ok.png")
+    (b / "broken.jpg").write_bytes(b"not an image")
+    overlap = load_script()
+    assert overlap.main([str(a), str(b)]) == 2
+    assert "broken.jpg" in caplog.text and "remove or replace the file" in caplog.text
+    caplog.clear()
+    assert overlap.main([str(a), str(a), "--size", "0"]) == 2
+    assert "--size 0 is too small" in caplog.text

@@ -380,3 +380,7 @@ def test_drop_path_on_a_timm_model_without_stochastic_depth(tmp_path, tiny_datas
     assert cli(train_main, train_args(tiny_dataset, tmp_path / "runs", "model.name=timm/vgg11", "data.channels=3",
                                       "model.drop_path=0.1")) == 2
     assert "model.drop_path=0.1: timm/vgg11 has no stochastic depth; set model.drop_path=0" in caplog.text
+    caplog.clear()  # with --seeds: one message and exit 2, not one failure per seed
+    assert cli(train_main, ["--seeds", "2", *train_args(tiny_dataset, tmp_path / "runs", "model.name=timm/vgg11",
+                                                        "data.channels=3", "model.drop_path=0.1")]) == 2
+    assert caplog.text.count("has no stochastic depth") == 1

@@ -196,6 +196,8 @@ def test_backbone_layers_cover_the_backbone_from_stem_to_output(name):
     order = [group_of[id(w)] for w in convs]
     assert order[0] == 0 and order == sorted(order)  # the stem first; convolutions in forward order
     assert order[-1] >= len(layers) - 2  # the last convolution in the last groups (mobilenet adds a pretrained linear)
+    if name == "resnet18":  # conv1 + bn1 (the stem), then the 8 basic blocks
+        assert len(layers) == 9 and {id(p) for p in model.net.bn1.parameters()} <= {id(p) for p in layers[0]}
 
 
 @pytest.mark.parametrize("name", ["resnet18", "timm/tf_efficientnet_lite0"])

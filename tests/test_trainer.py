@@ -323,11 +323,12 @@ def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_c
 
 
 def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_path, tiny_dataset, caplog):
-    import logging
 
     """model.init_from=RUN: the new run's network (head included) and normalisation start as RUN's best.pt,
     its pretrained source names RUN (so discriminative rates apply and the card says where it came from),
     and it trains on; a run of another model or channel count is refused at load, naming both."""
+    import logging
+
     from research import builders
     from research.cli import train_main
     from research.config import ConfigError
@@ -344,7 +345,7 @@ def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_p
     assert "ignored" not in caplog.text  # the backbone counts as pretrained: the discriminative rates apply
     assert json.loads((Path(child.run_dir) / "summary.json").read_text())["pretrained"] == "run:source/best.pt"
     with pytest.raises(ConfigError, match=r"holds a scratch_cnn_small model on 1-channel input, but this run builds "
-                                          r"scratch_cnn on 1; set model.name=scratch_cnn_small data.channels=1"):
+                                          r"scratch_cnn on 1-channel input; set model.name=scratch_cnn_small data.channels=1"):
         builders.build_model(cfg_for(tiny_dataset, tmp_path, "model.name=scratch_cnn", f"model.init_from={first.run_dir}"))
     with pytest.raises(SystemExit) as exit_info:
         train_main([*FAST, f"data.root={tiny_dataset}", f"run.dir={tmp_path / 'other'}", "data.channels=3",

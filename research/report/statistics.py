@@ -156,14 +156,14 @@ def _label(groups: Sequence[RunGroup]) -> None:
             group.label = group.model
             continue
         defaults = _schema_defaults()  # a key older runs lack counts as its default, as in config_key
-        configs = [{**defaults, **(g.best_run.config or {})} for g in same]
+        configs = [{**defaults, **g.best_run.config} if g.best_run.config else {} for g in same]
         differ = sorted(
             key
             for key in {k for c in configs for k in c}
             if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
             and len({repr(c.get(key)) for c in configs}) > 1
         )
-        mine = {**defaults, **(group.best_run.config or {})}
+        mine = configs[same.index(group)]
         shown = ", ".join(f"{k}={mine.get(k)}" for k in differ[:3])
         group.label = f"{group.model} ({shown})" if shown else group.best_run.run_id
 
