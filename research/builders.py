@@ -79,9 +79,7 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
                 f"model.init_from={model_cfg.init_from}: its weights do not fit this {model_cfg.name} "
                 f"({str(err).splitlines()[0][:160]}); start from a run of the same model"
             ) from None
-        model.mean = tuple(float(v) for v in ckpt.get("mean", model.mean))
-        model.std = tuple(float(v) for v in ckpt.get("std", model.std))
-        model.pretrained_source = f"run:{path.parent.name}/{path.name}"
+        restore_run_source(model, {**ckpt, "pretrained_source": f"run:{path.parent.name}/{path.name}"})
         log.info("model.init_from: weights and normalisation of %s (epoch %s; that run started from %s)",
                  path, ckpt.get("epoch", "?"), ckpt.get("pretrained_source", "?"))
         for key, value in (("mean", cfg.data.mean), ("std", cfg.data.std)):
@@ -93,12 +91,13 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
     return model
 
 
-def restore_run_source(model: FERClassifier, cfg: DictConfig, checkpoint: Mapping[str, Any]) -> None:
-    """On resume of a ``model.init_from`` run: the normalisation and weight source its checkpoint recorded."""
-    if cfg.model.get("init_from"):
-        model.mean = tuple(float(v) for v in checkpoint.get("mean", model.mean))
-        model.std = tuple(float(v) for v in checkpoint.get("std", model.std))
-        model.pretrained_source = checkpoint.get("pretrained_source", model.pretrained_source)
+def restore_run_source(model: FERClassifier, checkpoint: Mapping[str, Any]) -> None:
+    """The normalisation and weight source a checkpoint recorded (those it lacks stay the model's): a
+    resumed run continues with what it started with, whatever the hubs or a ``model.init_from``
+    source give now; a ``model.init_from`` run starts with its source's normalisation."""
+    model.mean = tuple(float(v) for v in checkpoint.get("mean", model.mean))
+    model.std = tuple(float(v) for v in checkpoint.get("std", model.std))
+    model.pretrained_source = checkpoint.get("pretrained_source", model.pretrained_source)
 
 
 def normalization(cfg: DictConfig, model: FERClassifier) -> Stats:

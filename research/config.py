@@ -10,6 +10,7 @@ the nearest valid ones, raised before any work starts.
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, make_dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from omegaconf.nodes import StringNode
 
 from research.data.augment import AUGMENT_PRESETS, AugmentError, augment_fields, resolve_augment
 from research.data.cache import CACHE_ALIASES, CACHE_MODES
+from research.data.classes import CANONICAL_CLASSES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -362,12 +364,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from None
     if cfg.run.name is not None and (not cfg.run.name.strip() or any(c in cfg.run.name for c in "/\\")):
         raise ConfigError(f"run.name={cfg.run.name!r} must be a folder name (no slashes); or leave it unset")
-    _check_model_name(cfg.model.name)
-    if cfg.model.drop_path and not cfg.model.name.startswith("timm/"):
-        raise ConfigError(
-            f"model.drop_path={cfg.model.drop_path}: stochastic depth is available for timm/<name> models only, "
-            f"not {cfg.model.name}; set model.drop_path=0 or pick a timm model"
-        )
+    _check_model_name(cfg.model.name, drop_path=cfg.model.drop_path)
     _check_device(cfg.train.device)
     if cfg.data.face_crop == "aligned":
         _check_align_extra("data.face_crop=aligned")
@@ -379,7 +376,7 @@ def augment_params(cfg: DictConfig):
     return resolve_augment(cfg.augment.preset, **overrides)
 
 
-def _check_model_name(name: str) -> None:
+def _check_model_name(name: str, *, drop_path: float = 0.0) -> None:
     from research.models import list_models
     from research.models.registry import TIMM_PREFIX
 
@@ -389,6 +386,11 @@ def _check_model_name(name: str) -> None:
         if not timm.is_model(name[len(TIMM_PREFIX) :]):
             raise ConfigError(f"model.name={name!r}: timm has no such model; list them with timm.list_models('*part*')")
         return
+    if drop_path:
+        raise ConfigError(
+            f"model.drop_path={drop_path}: stochastic depth is available for {TIMM_PREFIX}<name> models only, "
+            f"not {name}; set model.drop_path=0 or pick a timm model"
+        )
     if name not in list_models():
         raise ConfigError(
             f"model.name={name!r} is not a registered model; known: {', '.join(list_models())}, or timm/<name>"
@@ -450,7 +452,7 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     source = cfg.model.get("init_from")
     if not source or cfg.run.get("resume"):
         return None
-    from research.tracking.runs import CheckpointError, read_checkpoint
+    from research.tracking.runs import CheckpointError
 
     path = Path(source).expanduser()
     if path.is_dir():
@@ -463,7 +465,8 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     plain = ("a plain state_dict (ImageNet weights, say) goes to model.pretrained_file; model.init_from takes "
              "a run folder or a best.pt / last.pt written by this package")
     try:
-        ckpt = read_checkpoint(path)
+        stat = path.stat()
+        ckpt = _read_source_checkpoint(str(path), stat.st_mtime_ns, stat.st_size)
     except CheckpointError as err:
         reason = str(err)[len(str(path)) :].split(". ")[0]  # the sentence after the path, without the way out
         raise ConfigError(f"model.init_from={source}: {path}{reason}; {plain}") from None
@@ -478,14 +481,21 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
             f"model.init_from={source} holds a {name} model on {channels}-channel input, but this run builds "
             f"{cfg.model.name} on {cfg.data.channels}-channel input; set model.name={name} data.channels={channels}"
         )
-    from research.data.classes import CANONICAL_CLASSES
-
     if list(ckpt.get("class_names", CANONICAL_CLASSES)) != list(CANONICAL_CLASSES):
         raise ConfigError(
             f"model.init_from={source}: its head predicts {list(ckpt['class_names'])}, not this package's classes "
             f"{list(CANONICAL_CLASSES)}; start from a run of this version of the package"
         )
     return path, ckpt
+
+
+@functools.lru_cache(maxsize=1)
+def _read_source_checkpoint(path: str, mtime_ns: int, size: int) -> dict[str, Any]:
+    """The ``model.init_from`` checkpoint, read once for the input check and the model build (and every
+    seed of ``--seeds``); a rewritten file (other mtime or size) is read again. Callers only read it."""
+    from research.tracking.runs import read_checkpoint
+
+    return read_checkpoint(Path(path))
 
 
 def to_yaml(cfg: DictConfig) -> str:

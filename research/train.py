@@ -217,7 +217,7 @@ def _train(
     run, resume_ckpt = open_run_folder(cfg, distributed)
     model = builders.build_model(cfg)
     if resume_ckpt is not None:
-        builders.restore_run_source(model, cfg, resume_ckpt)
+        builders.restore_run_source(model, resume_ckpt)
     mean, std = builders.normalization(cfg, model)
     bundle = load_datasets(
         cfg.data.root, bad_files=cfg.data.bad_files, cache=cfg.data.cache, keep_size=cfg.data.image_size,
