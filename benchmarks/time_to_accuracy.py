@@ -49,6 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
+from research.builders import num_workers
 from research.cli import setup_logging
 from research.config import load_config
 from research.data.datasets import carve_validation, find_split_dir, scan_split
@@ -212,7 +213,7 @@ def run_project(cfg: Any, args: argparse.Namespace, threads: int) -> dict[str, A
     return {
         "description": f"research.train.train, preset {args.preset}, overrides {args.overrides}",
         "model": cfg.model.name, "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size,
-        "num_workers": cfg.data.num_workers, "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
+        "num_workers": num_workers(cfg.data), "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
         "epochs_cap": cfg.train.epochs, "train_images": summary.dataset.train_images,
         "val_images": summary.dataset.val_images, "curve": curve,
         "total_wall_s": total["wall_s"], "total_cpu_s": total["cpu_s"], "run_dir": str(run_dir), "val_files": val_files,

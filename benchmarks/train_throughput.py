@@ -58,6 +58,7 @@ from research.builders import (
     build_scheduler,
     eval_transform,
     normalization,
+    num_workers,
     train_transform,
 )
 from research.cli import setup_logging
@@ -214,7 +215,7 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         cache=cfg.data.cache,
         keep_size=cfg.data.image_size,
         require_all_classes=cfg.data.require_all_classes,
-        workers=max(2, cfg.data.num_workers),
+        workers=max(2, num_workers(cfg.data)),
         demo_scale=cfg.data.demo_scale,
         seed=cfg.run.seed,
     )
@@ -439,7 +440,7 @@ def bench_cache(cfg: DictConfig, args: argparse.Namespace, folder: Path) -> dict
         bad_files=cfg.data.bad_files,
         keep_size=cfg.data.image_size,
         require_all_classes=cfg.data.require_all_classes,
-        workers=max(2, cfg.data.num_workers),
+        workers=max(2, num_workers(cfg.data)),
     )
     # One untimed build so that every timed build reads the files from the OS page cache.
     load_datasets(folder, cache=False, **kwargs)

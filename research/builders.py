@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,10 +120,31 @@ def train_transform(cfg: DictConfig, mean, std) -> A.Compose:
     )
 
 
+def num_workers(data_cfg: DictConfig, *, cuda: bool | None = None) -> int:
+    """``data.num_workers`` as a number. ``auto``: none on CPU, where the two cores that would run
+    workers also run the model and one process was fastest (benchmarks/README.md, "Trainer vs bare
+    loop"); on CUDA ``min(4, usable CPUs)``, so decoding and augmentation overlap the GPU's work
+    instead of starving it (2 on a 2-core notebook)."""
+    value = data_cfg.num_workers
+    if value != "auto":
+        return int(value)
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    return min(4, usable_cpus()) if cuda else 0
+
+
+def usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _loader_options(data_cfg: DictConfig) -> dict:
+    workers = num_workers(data_cfg)
     return dict(
-        batch_size=data_cfg.batch_size, num_workers=data_cfg.num_workers, pin_memory=torch.cuda.is_available(),
-        worker_init_fn=seed_worker if data_cfg.num_workers else None, persistent_workers=False,
+        batch_size=data_cfg.batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        worker_init_fn=seed_worker if workers else None, persistent_workers=False,
     )
 
 

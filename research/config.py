@@ -35,7 +35,9 @@ class DataConfig:
     mean: list[float] | None = None  # None: the backbone's own (ImageNet) or 0.5 for scratch models
     std: list[float] | None = None
     batch_size: int = 64
-    num_workers: int = 0  # DataLoader processes; 0 is fastest for cached small images on 2 cores
+    # DataLoader processes: auto = 0 on CPU (the fastest on 2 cores: augmentation and training share
+    # them) and min(4, CPUs) on CUDA (so per-image augmentation does not starve the GPU); or a number.
+    num_workers: Any = "auto"
     cache: str = "auto"  # auto | memory | mmap | stream (true/false = memory/stream): where decoded images stay
     cache_budget_mb: int = 0  # memory the image cache may use (auto picks mmap/stream above it); 0 = 1/4 of RAM
     cache_dir: str | None = None  # folder for the data.cache=mmap file (removed at exit); None = system temp dir
@@ -299,7 +301,8 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.image_size": (lambda v: 16 <= v <= 1024, "an integer in [16, 1024]"),
     "data.channels": (lambda v: v in (1, 3), "1 (grayscale) or 3 (RGB)"),
     "data.batch_size": (lambda v: v >= 1, ">= 1"),
-    "data.num_workers": (lambda v: v >= 0, ">= 0"),
+    "data.num_workers": (lambda v: v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+                         "auto or an integer >= 0"),
     "data.cache_budget_mb": (lambda v: v >= 0, ">= 0 MiB (0 = a quarter of physical memory)"),
     "data.demo_scale": (lambda v: 0 < v <= 100, "a size multiplier in (0, 100]"),
     "data.val_fraction": (lambda v: 0 <= v <= 0.5, "a fraction of train/ in [0, 0.5] (0 = use the validation/ folder)"),

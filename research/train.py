@@ -222,7 +222,7 @@ def _train(
     bundle = load_datasets(
         cfg.data.root, bad_files=cfg.data.bad_files, cache=cfg.data.cache, keep_size=cfg.data.image_size,
         cache_budget_mb=cfg.data.cache_budget_mb, cache_dir=cfg.data.cache_dir,
-        require_all_classes=cfg.data.require_all_classes, workers=max(2, cfg.data.num_workers),
+        require_all_classes=cfg.data.require_all_classes, workers=max(2, builders.num_workers(cfg.data)),
         demo_scale=cfg.data.demo_scale, seed=cfg.run.seed, val_fraction=cfg.data.val_fraction,
         val_split_seed=cfg.data.val_split_seed, val_files=run.val_split_files(),
         face_crop=builders.dataset_face_crop(cfg),
@@ -240,6 +240,8 @@ def _train(
     train_loader, val_loader = builders.build_loaders(
         bundle, cfg, seed=cfg.run.seed, rank=distributed.rank, world_size=distributed.world_size
     )
+    if train_loader.num_workers:
+        log.info("data loading: %d worker processes (data.num_workers=%s)", train_loader.num_workers, cfg.data.num_workers)
     # The final evaluation scores the whole validation set in one process (rank 0).
     final_loader = builders.build_eval_loader(bundle.val, cfg) if distributed.enabled else val_loader
 

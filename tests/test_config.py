@@ -71,3 +71,24 @@ def test_config_is_read_only():
 def test_string_settings_keep_their_text():
     cfg = load_config(None, ["run.name=off", "data.root=2024", "wandb.group=null"])
     assert cfg.run.name == "off" and cfg.data.root == "2024" and cfg.wandb.group is None
+
+
+def test_num_workers_auto_resolves_per_device(monkeypatch):
+    """``data.num_workers=auto`` (the default): no worker processes on CPU, a few on CUDA with pinned
+    memory; a number is kept; anything else is a config error naming the key."""
+    from research import builders
+
+    cfg = load_config(None)
+    assert cfg.data.num_workers == "auto"
+    assert builders.num_workers(cfg.data, cuda=False) == 0
+    monkeypatch.setattr(builders, "usable_cpus", lambda: 2)
+    assert builders.num_workers(cfg.data, cuda=True) == 2  # a 2-core notebook with a GPU
+    monkeypatch.setattr(builders, "usable_cpus", lambda: 32)
+    assert builders.num_workers(cfg.data, cuda=True) == 4
+    assert builders.num_workers(load_config(None, ["data.num_workers=3"]).data, cuda=False) == 3
+    monkeypatch.setattr(builders.torch.cuda, "is_available", lambda: True)
+    options = builders._loader_options(cfg.data)
+    assert options["num_workers"] == 4 and options["pin_memory"] and options["worker_init_fn"] is builders.seed_worker
+    for bad in ("-1", "many", "true"):
+        with pytest.raises(ConfigError, match="data.num_workers.*auto or an integer >= 0"):
+            load_config(None, [f"data.num_workers={bad}"])

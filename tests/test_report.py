@@ -568,6 +568,8 @@ def test_runs_recorded_before_a_key_existed_pool_with_runs_at_its_default():
     assert config_key(RunRecord(run_id="r", config=old)) == config_key(RunRecord(run_id="r", config=new))
     assert config_key(RunRecord(run_id="r", config=changed)) != config_key(RunRecord(run_id="r", config=new))
     assert config_key(RunRecord(run_id="r", config={**new, "optim.lr": 0.5})) != config_key(RunRecord(run_id="r", config=new))
+    # runs recorded with data.num_workers=0 (the old default) pool with runs at auto: it changes how a run executes
+    assert config_key(RunRecord(run_id="r", config={**new, "data.num_workers": 0})) == config_key(RunRecord(run_id="r", config=new))
     # and the row labels name only what really differs: not a key one run lacks and the other has at its default
     from research.report.statistics import RunGroup, _label
 

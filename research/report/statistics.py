@@ -29,8 +29,9 @@ from scipy.stats import binom
 from research.config import Config, flatten
 from research.report.collect import RunRecord
 
-# Config keys that do not make two runs different configurations.
-IGNORED_KEYS = ("run.seed", "run.name", "run.dir", "run.resume")
+# Config keys that do not make two runs different configurations (data.num_workers changes how a
+# run executes, not what it learns).
+IGNORED_KEYS = ("run.seed", "run.name", "run.dir", "run.resume", "data.num_workers")
 IGNORED_PREFIXES = ("wandb.",)
 BOOTSTRAP_RESAMPLES = 1000
 BOOTSTRAP_SEED = 0
