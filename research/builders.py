@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 from research.align import LandmarkAligner
 from research.config import ConfigError, augment_params, init_checkpoint
 from research.data.classes import CANONICAL_CLASSES
-from research.data.datasets import DataBundle
+from research.data.datasets import DataBundle, load_datasets
 from research.data.face_crop import FaceCropStep
 from research.data.transforms import build_eval_transform, build_train_transform
 from research.engine.trainer import seed_worker
@@ -138,6 +138,19 @@ def usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def load_data(cfg: DictConfig, *, val_files: list[str] | None = None) -> DataBundle:
+    """The run's train and validation images, decoded and cached as ``data.*`` says (transforms unset);
+    ``val_files``: the validation split a run folder recorded (``data.val_fraction``)."""
+    data = cfg.data
+    return load_datasets(
+        data.root, bad_files=data.bad_files, cache=data.cache, keep_size=data.image_size,
+        cache_budget_mb=data.cache_budget_mb, cache_dir=data.cache_dir, require_all_classes=data.require_all_classes,
+        workers=max(2, num_workers(data)), demo_scale=data.demo_scale, seed=cfg.run.seed,
+        val_fraction=data.val_fraction, val_split_seed=data.val_split_seed, val_files=val_files,
+        face_crop=dataset_face_crop(cfg),
+    )
 
 
 def _loader_options(data_cfg: DictConfig) -> dict:

@@ -27,7 +27,6 @@ from torch.utils.data import DataLoader
 from research import builders
 from research.config import ConfigError, check_inputs, flatten, to_yaml, validate
 from research.data.classes import CANONICAL_CLASSES
-from research.data.datasets import load_datasets
 from research.engine.distributed import Distributed
 from research.engine.trainer import (
     EpochOutput,
@@ -219,14 +218,7 @@ def _train(
     if resume_ckpt is not None:
         builders.restore_run_source(model, resume_ckpt)
     mean, std = builders.normalization(cfg, model)
-    bundle = load_datasets(
-        cfg.data.root, bad_files=cfg.data.bad_files, cache=cfg.data.cache, keep_size=cfg.data.image_size,
-        cache_budget_mb=cfg.data.cache_budget_mb, cache_dir=cfg.data.cache_dir,
-        require_all_classes=cfg.data.require_all_classes, workers=max(2, builders.num_workers(cfg.data)),
-        demo_scale=cfg.data.demo_scale, seed=cfg.run.seed, val_fraction=cfg.data.val_fraction,
-        val_split_seed=cfg.data.val_split_seed, val_files=run.val_split_files(),
-        face_crop=builders.dataset_face_crop(cfg),
-    )
+    bundle = builders.load_data(cfg, val_files=run.val_split_files())
     val_split = carved_val_split(cfg, bundle)
     # The folder is made only now: nothing before this point leaves anything behind.
     if distributed.is_main:

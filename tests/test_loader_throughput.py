@@ -1,0 +1,56 @@
+"""Smoke test of benchmarks/loader_throughput.py: model-only, loader and training figures per num_workers,
+read back from its JSON and table; bad input gives exit 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("loader_throughput", REPO / "benchmarks" / "loader_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports hostinfo from beside it, as when run
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    return module
+
+
+def test_every_workers_count_is_measured_and_reported(tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "loader.json"
+    argv = ["--preset", "scratch_cnn", "--data", str(tiny_dataset), "--workers", "0", "1", "auto",
+            "--model-batches", "2", "--json", str(out), "data.batch_size=8", "data.image_size=32"]
+    assert load_benchmark().main(argv) == 0
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["gpu"] is None and report["batch_size"] == 8
+    assert report["model_images_per_s"] > 0
+    assert [r["workers_requested"] for r in report["rows"]] == ["0", "1", "auto"]
+    assert [r["workers"] for r in report["rows"]] == [0, 1, 0]  # auto: no workers on CPU
+    for row in report["rows"]:
+        assert row["loader_images_per_s"] > 0 and row["epoch_images_per_s"] > 0 and row["epoch_s"] > 0
+        assert row["gpu_utilisation_pct"] is None  # no GPU to sample
+        assert row["loader_bound"] == (row["loader_images_per_s"] < report["model_images_per_s"])
+    table = capsys.readouterr().out
+    assert "| num_workers | loader images/s | training images/s |" in table
+    assert "| auto (0) |" in table and "| 1 |" in table and "n/a" in table
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--workers", "two"], "--workers 'two'"),
+        (["--data", "/nonexistent/faces"], "/nonexistent/faces"),
+        (["data.num_workers=x"], "data.num_workers"),
+    ],
+)
+def test_bad_input_is_exit_2_with_the_reason(argv, message, caplog):
+    assert load_benchmark().main(["--preset", "scratch_cnn", *argv]) == 2
+    assert message in caplog.text
