@@ -129,6 +129,7 @@ def machine_info() -> dict[str, Any]:
         "cpu": cpu_model(), "nproc": len(os.sched_getaffinity(0)), "cores": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -252,7 +253,7 @@ def baseline_transforms(size: int) -> tuple[Callable, Callable]:
     )
 
 
-def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: torch.device) -> tuple[float, float]:
     """Validation accuracy and macro-F1 (over all classes, as the project computes it)."""
     from sklearn.metrics import f1_score
 
@@ -260,7 +261,7 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int) -> tuple[fl
     preds, targets = [], []
     with torch.no_grad():
         for x, y in loader:
-            preds.append(model(x).argmax(1))
+            preds.append(model(x.to(device)).argmax(1).cpu())
             targets.append(y)
     p, t = torch.cat(preds).numpy(), torch.cat(targets).numpy()
     f1 = f1_score(t, p, labels=list(range(num_classes)), average="macro", zero_division=0)
@@ -274,6 +275,10 @@ def run_baseline(
         raise ValueError(f"the baseline CNN needs an image size divisible by 8, got {image_size}")
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
+    # On a GPU the baseline trains there too, as a plain PyTorch user would (model and batches moved,
+    # pinned host memory); its loader keeps its two worker processes either way.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    pin = device.type == "cuda"
     curve: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="tta-baseline-") as tmp:
         clock = Clock()
@@ -283,24 +288,26 @@ def run_baseline(
         train_set = datasets.ImageFolder(folders["train"], transform=train_tf, is_valid_file=every_file, allow_empty=True)
         val_set = datasets.ImageFolder(folders["validation"], transform=eval_tf, is_valid_file=every_file, allow_empty=True)
         generator = torch.Generator().manual_seed(args.seed)
-        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=BASELINE_WORKERS, generator=generator)
-        val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=BASELINE_WORKERS)
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=True, num_workers=BASELINE_WORKERS, generator=generator,
+                                  pin_memory=pin)
+        val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=BASELINE_WORKERS, pin_memory=pin)
         num_classes = len(train_set.classes)
-        model = SmallVGG(num_classes, image_size)
+        model = SmallVGG(num_classes, image_size).to(device)
         optimizer = torch.optim.Adam(model.parameters(), lr=BASELINE_LR)
         loss_fn = nn.CrossEntropyLoss()
-        log.info("baseline: %d train / %d validation images, %d classes, %d px, batch %d",
-                 len(train_set), len(val_set), num_classes, image_size, batch_size)
+        log.info("baseline: %d train / %d validation images, %d classes, %d px, batch %d, on %s",
+                 len(train_set), len(val_set), num_classes, image_size, batch_size, device)
         for epoch in range(1, epochs + 1):
             model.train()
             total, count = 0.0, 0
             for x, y in train_loader:
+                x, y = x.to(device, non_blocking=pin), y.to(device, non_blocking=pin)
                 optimizer.zero_grad()
                 loss = loss_fn(model(x), y)
                 loss.backward()
                 optimizer.step()
                 total, count = total + loss.item() * len(y), count + len(y)
-            acc, f1 = evaluate(model, val_loader, num_classes)
+            acc, f1 = evaluate(model, val_loader, num_classes, device)
             clocks = clock.read()
             curve.append({"epoch": epoch, "val_acc": acc, "val_macro_f1": f1, "train_loss": total / max(count, 1), **clocks})
             log.info("baseline epoch %d: val acc %.4f, macro-F1 %.4f, %.1f s wall, %.1f s CPU (%.1f s in workers)",
@@ -312,7 +319,7 @@ def run_baseline(
         "description": "torchvision ImageFolder + SmallVGG (3x conv-conv-pool 32/64/128, dropout, linear), "
         f"Adam lr {BASELINE_LR}, cross-entropy, DataLoader(num_workers={BASELINE_WORKERS})",
         "model": "SmallVGG", "params": sum(p.numel() for p in model.parameters()), "image_size": image_size,
-        "batch_size": batch_size, "num_workers": BASELINE_WORKERS, "optimizer": "adam", "lr": BASELINE_LR,
+        "batch_size": batch_size, "num_workers": BASELINE_WORKERS, "optimizer": "adam", "lr": BASELINE_LR, "device": str(device),
         "epochs_cap": epochs, "train_images": len(train_set), "val_images": len(val_set), "curve": curve,
         "total_wall_s": end["wall_s"], "total_cpu_s": end["cpu_s"],
     }
@@ -361,7 +368,8 @@ def markdown(results: dict[str, Any]) -> str:
     if a.get("stop_at_target"):
         budget += f", each side stopped at {target}"
     lines = [
-        f"Machine: {m['cpu']}, nproc {m['nproc']}, torch {m['torch']}, {results['threads']} torch thread(s); "
+        f"Machine: {m['cpu']}, nproc {m['nproc']}, {'GPU ' + m['gpu'] + ' (both sides train on it), ' if m.get('gpu') else ''}"
+        f"torch {m['torch']}, {results['threads']} torch thread(s); "
         f"load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in m['loadavg_start'])} at start, "
         f"{'/'.join(f'{x:.2f}' for x in m['loadavg_end'])} at end.",
         f"Data: {a['data']} ({results['project']['train_images']} train / {results['project']['val_images']} validation "
