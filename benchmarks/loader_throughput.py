@@ -12,8 +12,11 @@ builds (decode-once cache, albumentations train transform, ``builders.build_load
    training gets. On CUDA the GPU's utilisation is sampled during it (``torch.cuda.utilization``,
    which needs ``pynvml``; left out without it).
 
-A workers count is **loader-bound** when its loader images/s are below the model's images/s.
-``auto`` in ``--workers`` is ``data.num_workers=auto`` resolved on this machine. The model is
+Each of ``--repeats`` rounds measures 1, then 2 and 3 for every ``--workers`` value, in alternating
+order (0 2 auto, then auto 2 0, ...); the table gives the median and the range over the rounds. A
+workers count is **loader-bound** when its median loader images/s are below the model's.
+``auto`` in ``--workers`` is ``data.num_workers=auto`` resolved for the run's device
+(``train.device``, CUDA when present). The model is
 built without pretrained weights (their values do not change the speed), so no weight file is
 needed. Prints a markdown table; ``--json OUT`` writes every figure. Nothing here asserts a timing.
 
@@ -43,9 +46,15 @@ from torch.utils.data import DataLoader
 from research import builders
 from research.cli import setup_logging, user_errors
 from research.config import load_config
-from research.engine.trainer import Trainer, resolve_device
+from research.engine.trainer import resolve_device
 
 log = logging.getLogger("benchmarks.loader_throughput")
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
+    return int(text)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -65,24 +74,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--workers", nargs="+", default=["0", "2", "auto"],
         help="num_workers values to measure; auto = data.num_workers=auto here (default: 0 2 auto)",
     )
-    parser.add_argument("--model-batches", type=int, default=20, help="batches held in memory for the model-only pass")
+    parser.add_argument("--model-batches", type=positive_int, default=20,
+                        help="batches held in memory for the model-only pass (default: %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="rounds over every setting, in alternating order (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="write every figure here")
     parser.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. data.batch_size=128)")
     return parser.parse_args(argv)
-
-
-def make_trainer(cfg: DictConfig, model: torch.nn.Module, bundle, steps_per_epoch: int, device: torch.device) -> Trainer:
-    """The trainer ``research/train.py`` builds, without checkpoints, W&B or progress bars."""
-    optimizer = builders.build_optimizer(model, cfg.optim)
-    scheduler, interval = builders.build_scheduler(
-        optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, monitor=cfg.train.monitor
-    )
-    return Trainer(
-        model, optimizer=optimizer, loss_fn=builders.build_loss(cfg.train, bundle.train.class_counts), device=device,
-        epochs=cfg.train.epochs, scheduler=scheduler, scheduler_interval=interval, grad_clip=cfg.train.grad_clip,
-        amp=cfg.train.amp, channels_last=cfg.train.channels_last, ema_decay=cfg.train.ema_decay,
-        mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha, seed=cfg.run.seed, progress=False,
-    )
 
 
 class UtilisationSampler:
@@ -136,27 +134,28 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
              base.data.batch_size)
 
     # 1. The model alone: batches decoded and augmented once, kept in memory, repeated.
-    loader, _ = builders.build_loaders(bundle, config("data.num_workers=0"), seed=base.run.seed)
+    loader, _ = builders.build_loaders(bundle, config("data.num_workers=0"), seed=base.run.seed, device=device)
     held = []
     for batch in loader:
         held.append(batch)
         if len(held) >= args.model_batches:
             break
-    trainer = make_trainer(base, model, bundle, len(loader), device)
+    trainer = builders.build_trainer(base, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(loader),
+                                     device=device, progress=False)
     trainer.train_one_epoch(DataLoader(held[:3], batch_size=None))  # warm-up: kernels chosen, memory allocated
-    sync(device)
-    start = time.perf_counter()
-    out = trainer.train_one_epoch(DataLoader(held, batch_size=None))
-    sync(device)
-    model_ips = out.images / (time.perf_counter() - start)
-    log.info("model only: %.0f images/s", model_ips)
 
-    rows = []
-    for requested in args.workers:
+    def model_only() -> float:
+        sync(device)
+        start = time.perf_counter()
+        out = trainer.train_one_epoch(DataLoader(held, batch_size=None))
+        sync(device)
+        return out.images / (time.perf_counter() - start)
+
+    def one_setting(requested: str) -> dict[str, Any]:
         cfg = config(f"data.num_workers={requested}")
-        workers = builders.num_workers(cfg.data)
-        loader, _ = builders.build_loaders(bundle, cfg, seed=cfg.run.seed)
+        loader, _ = builders.build_loaders(bundle, cfg, seed=cfg.run.seed, device=device)
         # 2. The loader alone (worker start-up included: the trainer's loaders start their workers every epoch).
+        sync(device)
         start = time.perf_counter()
         seen = 0
         for images, targets in loader:
@@ -172,22 +171,49 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             out = trainer.train_one_epoch(loader)
             sync(device)
             epoch_s = time.perf_counter() - start
-        row = {
-            "workers_requested": requested, "workers": workers, "loader_images_per_s": loader_ips,
-            "epoch_images_per_s": out.images / epoch_s, "epoch_s": epoch_s, "gpu_utilisation_pct": util.mean(),
-            "loader_bound": loader_ips < model_ips,
-        }
-        log.info("num_workers=%s (%d): loader %.0f images/s, training %.0f images/s%s", requested, workers, loader_ips,
-                 row["epoch_images_per_s"], f", GPU {util.mean():.0f} %" if util.mean() is not None else "")
-        rows.append(row)
+        return {"loader": loader_ips, "training": out.images / epoch_s, "epoch_s": epoch_s, "gpu": util.mean()}
+
+    # Rounds in alternating order (0 2 auto, auto 2 0, ...), so drift and background load hit every setting alike.
+    model_ips: list[float] = []
+    samples: dict[str, list[dict[str, Any]]] = {w: [] for w in args.workers}
+    for round_ in range(args.repeats):
+        model_ips.append(model_only())
+        for requested in args.workers if round_ % 2 == 0 else reversed(args.workers):
+            sample = one_setting(requested)
+            samples[requested].append(sample)
+            log.info("round %d/%d, num_workers=%s: loader %.0f images/s, training %.0f images/s (model only %.0f)%s",
+                     round_ + 1, args.repeats, requested, sample["loader"], sample["training"], model_ips[-1],
+                     f", GPU {sample['gpu']:.0f} %" if sample["gpu"] is not None else "")
+    model_median = statistics.median(model_ips)
+    rows = []
+    for requested in args.workers:
+        got = samples[requested]
+        loader_ips, training_ips = [g["loader"] for g in got], [g["training"] for g in got]
+        gpu = [g["gpu"] for g in got if g["gpu"] is not None]
+        rows.append({
+            "workers_requested": requested, "workers": builders.num_workers(config(f"data.num_workers={requested}").data,
+                                                                         device=device),
+            "loader_images_per_s": statistics.median(loader_ips), "loader_images_per_s_all": loader_ips,
+            "epoch_images_per_s": statistics.median(training_ips), "epoch_images_per_s_all": training_ips,
+            "epoch_s": statistics.median(g["epoch_s"] for g in got),
+            "gpu_utilisation_pct": statistics.median(gpu) if gpu else None,
+            "loader_bound": statistics.median(loader_ips) < model_median,
+        })
     return {
         "preset": args.preset, "data": args.data, "overrides": list(args.overrides), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu": cpu_model(), "nproc": builders.usable_cpus(), "torch": torch.__version__,
         "python": platform.python_version(), "train_images": n_train, "image_size": base.data.image_size,
         "batch_size": base.data.batch_size, "amp": base.train.amp, "channels_last": base.train.channels_last,
-        "torch_threads": torch.get_num_threads(), "model_images_per_s": model_ips, "rows": rows,
+        "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
+        "model_images_per_s": model_median, "model_images_per_s_all": model_ips, "rows": rows,
     }
+
+
+def spread(values: Sequence[float]) -> str:
+    """median (min-max) of a list of figures, as whole numbers."""
+    text = f"{statistics.median(values):,.0f}"
+    return text if len(values) < 2 else f"{text} ({min(values):,.0f}-{max(values):,.0f})"
 
 
 def table(report: dict[str, Any]) -> str:
@@ -195,9 +221,11 @@ def table(report: dict[str, Any]) -> str:
         f"{report['preset']} on {report['data']} ({report['train_images']} train images, {report['image_size']} px, "
         f"batch {report['batch_size']}), {report['device']}"
         + (f" ({report['gpu']})" if report["gpu"] else "")
-        + f", {report['nproc']} CPUs ({report['cpu']}), torch {report['torch']}",
+        + f", {report['nproc']} CPUs ({report['cpu']}), torch {report['torch']}, {report['started']}, "
+        f"load average {report['loadavg_start'][0]:.2f} at the start, {report['loadavg_end'][0]:.2f} at the end",
         "",
-        f"Model only (batches in memory): **{report['model_images_per_s']:.0f} images/s**",
+        f"Model only (batches in memory), images/s, median (min-max) of {report['repeats']} rounds: "
+        f"**{spread(report['model_images_per_s_all'])}**",
         "",
         "| num_workers | loader images/s | training images/s | epoch s | GPU util. | loader-bound |",
         "|---|---|---|---|---|---|",
@@ -207,8 +235,8 @@ def table(report: dict[str, Any]) -> str:
         label = f"{requested} ({row['workers']})" if requested == "auto" else str(row["workers"])
         util = f"{row['gpu_utilisation_pct']:.0f} %" if row["gpu_utilisation_pct"] is not None else "n/a"
         lines.append(
-            f"| {label} | {row['loader_images_per_s']:.0f} | {row['epoch_images_per_s']:.0f} | {row['epoch_s']:.1f} | "
-            f"{util} | {'yes' if row['loader_bound'] else 'no'} |"
+            f"| {label} | {spread(row['loader_images_per_s_all'])} | {spread(row['epoch_images_per_s_all'])} | "
+            f"{row['epoch_s']:.1f} | {util} | {'yes' if row['loader_bound'] else 'no'} |"
         )
     return "\n".join(lines)
 
@@ -220,14 +248,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value != "auto" and not value.isdigit():
             log.error("--workers %r: give auto or integers >= 0", value)
             return 2
+    if args.json is not None:
+        try:  # before minutes of measuring, not after
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.touch()
+        except OSError as err:
+            log.error("--json %s cannot be written (%s); give a writable path", args.json, err.strerror or err)
+            return 2
+    started, load_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
     try:
         report = measure(args)
     except user_errors() as err:
         log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
         return 2
+    report.update(started=started, loadavg_start=list(load_start), loadavg_end=list(os.getloadavg()))
     print(table(report))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     return 0
 

@@ -49,10 +49,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from research.builders import num_workers
+from research.builders import num_workers, usable_cpus
 from research.cli import setup_logging
 from research.config import load_config
 from research.data.datasets import carve_validation, find_split_dir, scan_split
+from research.engine.trainer import resolve_device
 from research.train import train
 
 log = logging.getLogger("benchmarks.time_to_accuracy")
@@ -126,10 +127,9 @@ class Clock:
 
 def machine_info() -> dict[str, Any]:
     return {
-        "cpu": cpu_model(), "nproc": len(os.sched_getaffinity(0)), "cores": os.cpu_count(),
+        "cpu": cpu_model(), "nproc": usable_cpus(), "cores": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),
-        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -214,7 +214,8 @@ def run_project(cfg: Any, args: argparse.Namespace, threads: int) -> dict[str, A
     return {
         "description": f"research.train.train, preset {args.preset}, overrides {args.overrides}",
         "model": cfg.model.name, "image_size": cfg.data.image_size, "batch_size": cfg.data.batch_size,
-        "num_workers": num_workers(cfg.data), "optimizer": cfg.optim.name, "lr": cfg.optim.lr,
+        "num_workers": num_workers(cfg.data, device=resolve_device(cfg.train.device)), "optimizer": cfg.optim.name,
+        "lr": cfg.optim.lr, "device": str(resolve_device(cfg.train.device)),
         "epochs_cap": cfg.train.epochs, "train_images": summary.dataset.train_images,
         "val_images": summary.dataset.val_images, "curve": curve,
         "total_wall_s": total["wall_s"], "total_cpu_s": total["cpu_s"], "run_dir": str(run_dir), "val_files": val_files,
@@ -269,15 +270,15 @@ def evaluate(model: nn.Module, loader: DataLoader, num_classes: int, device: tor
 
 
 def run_baseline(
-    args: argparse.Namespace, val_files: Sequence[str], *, image_size: int, batch_size: int, epochs: int, threads: int
+    args: argparse.Namespace, val_files: Sequence[str], *, image_size: int, batch_size: int, epochs: int, threads: int,
+    device: torch.device,
 ) -> dict[str, Any]:
     if image_size % 8:
         raise ValueError(f"the baseline CNN needs an image size divisible by 8, got {image_size}")
     torch.set_num_threads(threads)
     torch.manual_seed(args.seed)
-    # On a GPU the baseline trains there too, as a plain PyTorch user would (model and batches moved,
-    # pinned host memory); its loader keeps its two worker processes either way.
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # The baseline trains on the project's device (train.device: CUDA when present), as a plain PyTorch
+    # user would (model and batches moved, pinned host memory); its loader keeps its two workers either way.
     pin = device.type == "cuda"
     curve: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="tta-baseline-") as tmp:
@@ -368,8 +369,8 @@ def markdown(results: dict[str, Any]) -> str:
     if a.get("stop_at_target"):
         budget += f", each side stopped at {target}"
     lines = [
-        f"Machine: {m['cpu']}, nproc {m['nproc']}, {'GPU ' + m['gpu'] + ' (both sides train on it), ' if m.get('gpu') else ''}"
-        f"torch {m['torch']}, {results['threads']} torch thread(s); "
+        f"Machine: {m['cpu']}, nproc {m['nproc']}, torch {m['torch']}, {results['threads']} torch thread(s), "
+        f"training on {results['project'].get('device', 'cpu')} (project) and {results['baseline'].get('device', 'cpu')} (baseline); "
         f"load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in m['loadavg_start'])} at start, "
         f"{'/'.join(f'{x:.2f}' for x in m['loadavg_end'])} at end.",
         f"Data: {a['data']} ({results['project']['train_images']} train / {results['project']['val_images']} validation "
@@ -423,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 val_files = results["project"]["val_files"] if "project" in results else carved
                 results["baseline"] = run_baseline(
                     args, val_files, image_size=cfg.data.image_size, batch_size=cfg.data.batch_size,
-                    epochs=cfg.train.epochs, threads=threads,
+                    epochs=cfg.train.epochs, threads=threads, device=resolve_device(cfg.train.device),
                 )
     recorded = results["project"].pop("val_files")
     if sorted(recorded) != sorted(carved):

@@ -27,7 +27,7 @@ from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle, load_datasets
 from research.data.face_crop import FaceCropStep
 from research.data.transforms import build_eval_transform, build_train_transform
-from research.engine.trainer import seed_worker
+from research.engine.trainer import Trainer, seed_worker
 from research.faces import HaarFaceCropper
 from research.models import create_model
 from research.models.classifier import FERClassifier
@@ -120,17 +120,22 @@ def train_transform(cfg: DictConfig, mean, std) -> A.Compose:
     )
 
 
-def num_workers(data_cfg: DictConfig, *, cuda: bool | None = None) -> int:
-    """``data.num_workers`` as a number. ``auto``: none on CPU, where the two cores that would run
-    workers also run the model and one process was fastest (benchmarks/README.md, "Trainer vs bare
-    loop"); on CUDA ``min(4, usable CPUs)``, so decoding and augmentation overlap the GPU's work
-    instead of starving it (2 on a 2-core notebook)."""
+def num_workers(data_cfg: DictConfig, *, device: torch.device | None = None, processes: int = 1) -> int:
+    """``data.num_workers`` as a number for a run on ``device`` (default: CUDA when present) with
+    ``processes`` training processes on this machine. ``auto``: none on CPU, where worker processes
+    only take cores from the model (benchmarks/README.md, "Data loading and the GPU"); on CUDA
+    ``min(4, usable CPUs / processes)``, so decoding and augmentation overlap the GPU's work instead
+    of starving it (2 on a 2-core notebook)."""
     value = data_cfg.num_workers
     if value != "auto":
         return int(value)
-    if cuda is None:
-        cuda = torch.cuda.is_available()
-    return min(4, usable_cpus()) if cuda else 0
+    if not _is_cuda(device):
+        return 0
+    return max(1, min(4, usable_cpus() // max(1, processes)))
+
+
+def _is_cuda(device: torch.device | None) -> bool:
+    return torch.cuda.is_available() if device is None else device.type == "cuda"
 
 
 def usable_cpus() -> int:
@@ -153,22 +158,25 @@ def load_data(cfg: DictConfig, *, val_files: list[str] | None = None) -> DataBun
     )
 
 
-def _loader_options(data_cfg: DictConfig) -> dict:
-    workers = num_workers(data_cfg)
+def _loader_options(data_cfg: DictConfig, device: torch.device | None, processes: int = 1) -> dict:
+    workers = num_workers(data_cfg, device=device, processes=processes)
     return dict(
-        batch_size=data_cfg.batch_size, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        batch_size=data_cfg.batch_size, num_workers=workers, pin_memory=_is_cuda(device),
         worker_init_fn=seed_worker if workers else None, persistent_workers=False,
     )
 
 
 def build_loaders(
-    bundle: DataBundle, cfg: DictConfig, *, seed: int, rank: int = 0, world_size: int = 1
+    bundle: DataBundle, cfg: DictConfig, *, seed: int, rank: int = 0, world_size: int = 1,
+    device: torch.device | None = None,
 ) -> tuple[DataLoader, DataLoader]:
-    """Train and validation loaders; with ``world_size > 1`` each holds rank ``rank``'s shard of its set
-    (a :class:`DistributedSampler` seeded with ``seed``, the trainer calls ``set_epoch``)."""
+    """Train and validation loaders for a run on ``device`` (default: CUDA when present); with
+    ``world_size > 1`` each holds rank ``rank``'s shard of its set (a :class:`DistributedSampler`
+    seeded with ``seed``, the trainer calls ``set_epoch``)."""
     data_cfg = cfg.data
     generator = torch.Generator().manual_seed(seed)
-    common = _loader_options(data_cfg)
+    # torchrun's processes on this machine share its CPUs between their loaders
+    common = _loader_options(data_cfg, device, int(os.environ.get("LOCAL_WORLD_SIZE", world_size)))
     if world_size > 1:
         if data_cfg.sampler == "balanced":
             raise ConfigError(DISTRIBUTED_BALANCED)
@@ -185,12 +193,12 @@ def build_loaders(
         train_loader = DataLoader(bundle.train, sampler=sampler, drop_last=False, **common)
     else:
         train_loader = DataLoader(bundle.train, shuffle=True, generator=generator, **common)
-    return train_loader, build_eval_loader(bundle.val, cfg)
+    return train_loader, DataLoader(bundle.val, shuffle=False, **common)
 
 
-def build_eval_loader(dataset: Dataset, cfg: DictConfig) -> DataLoader:
-    """The whole of ``dataset`` in order, in one process (validation; the final evaluation under torchrun)."""
-    return DataLoader(dataset, shuffle=False, **_loader_options(cfg.data))
+def build_eval_loader(dataset: Dataset, cfg: DictConfig, device: torch.device | None = None) -> DataLoader:
+    """The whole of ``dataset`` in order, in one process (the final evaluation under torchrun)."""
+    return DataLoader(dataset, shuffle=False, **_loader_options(cfg.data, device))
 
 
 def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Optimizer:
@@ -249,6 +257,27 @@ def build_scheduler(
         return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
+
+
+def build_trainer(
+    cfg: DictConfig, model: nn.Module, *, class_counts: Mapping[str, int], steps_per_epoch: int, device: torch.device,
+    optim_cfg: DictConfig | None = None, **hooks: Any,
+) -> Trainer:
+    """The trainer of a run: the optimiser (``optim_cfg``, default ``cfg.optim``), its schedule over
+    ``train.epochs`` x ``steps_per_epoch``, the loss and every ``train.*`` setting. ``hooks`` go to
+    :class:`Trainer` as they are (``checkpoint_fn``, ``on_epoch_end``, ``distributed``, ``progress``)."""
+    optimizer = build_optimizer(model, optim_cfg if optim_cfg is not None else cfg.optim)
+    scheduler, interval = build_scheduler(
+        optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, monitor=cfg.train.monitor
+    )
+    train = cfg.train
+    return Trainer(
+        model, optimizer=optimizer, loss_fn=build_loss(train, class_counts), device=device, epochs=train.epochs,
+        scheduler=scheduler, scheduler_interval=interval, grad_clip=train.grad_clip, amp=train.amp,
+        channels_last=train.channels_last, monitor=train.monitor, tta=train.tta, ema_decay=train.ema_decay,
+        mixup_alpha=train.mixup_alpha, cutmix_alpha=train.cutmix_alpha, patience=train.early_stopping_patience,
+        unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0, seed=cfg.run.seed, **hooks,
+    )
 
 
 def build_loss(train_cfg: DictConfig, class_counts: dict[str, int]) -> nn.Module:

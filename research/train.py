@@ -74,11 +74,14 @@ def git_commit() -> str | None:
         return None
 
 
-def environment(device: torch.device, processes: int = 1) -> dict[str, Any]:
+def environment(device: torch.device, processes: int = 1, data_workers: int = 0) -> dict[str, Any]:
     env = {
         "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+        # what data.num_workers resolved to: each worker draws its own augmentations, so the count is
+        # part of what makes a run repeatable
+        "data_workers": data_workers,
     }
     if processes > 1:
         env["processes"] = processes
@@ -230,12 +233,12 @@ def _train(
     bundle.train.transform = builders.train_transform(cfg, mean, std)
     bundle.val.transform = builders.eval_transform(cfg, mean, std)
     train_loader, val_loader = builders.build_loaders(
-        bundle, cfg, seed=cfg.run.seed, rank=distributed.rank, world_size=distributed.world_size
+        bundle, cfg, seed=cfg.run.seed, rank=distributed.rank, world_size=distributed.world_size, device=device
     )
     if train_loader.num_workers:
         log.info("data loading: %d worker processes (data.num_workers=%s)", train_loader.num_workers, cfg.data.num_workers)
     # The final evaluation scores the whole validation set in one process (rank 0).
-    final_loader = builders.build_eval_loader(bundle.val, cfg) if distributed.enabled else val_loader
+    final_loader = builders.build_eval_loader(bundle.val, cfg, device) if distributed.enabled else val_loader
 
     optim_cfg = cfg.optim
     split_rates = {k: cfg.optim[k] for k in ("backbone_lr_mult", "layer_decay") if cfg.optim.get(k, 1.0) != 1.0}
@@ -245,10 +248,6 @@ def _train(
         log.info("%s ignored: the backbone is not pretrained, so it trains at optim.lr",
                  " and ".join(f"optim.{k}={v}" for k, v in split_rates.items()))
         optim_cfg = OmegaConf.merge(cfg.optim, {k: 1.0 for k in split_rates})
-    optimizer = builders.build_optimizer(model, optim_cfg)
-    scheduler, interval = builders.build_scheduler(
-        optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=len(train_loader), monitor=cfg.train.monitor
-    )
     total, trainable = count_parameters(model)
     summary = RunSummary(
         run_id=run.run_id, model=cfg.model.name,
@@ -260,7 +259,7 @@ def _train(
         pretrained=model.pretrained_source, mode=cfg.model.mode, class_names=list(CANONICAL_CLASSES),
         params_total=total, params_trainable=trainable, seed=cfg.run.seed, git_commit=git_commit(),
         command=command or " ".join(sys.argv), created=datetime.now().isoformat(timespec="seconds"),
-        env=environment(device, distributed.world_size), image_size=cfg.data.image_size, channels=cfg.data.channels,
+        env=environment(device, distributed.world_size, train_loader.num_workers), image_size=cfg.data.image_size, channels=cfg.data.channels,
         epochs_planned=cfg.train.epochs, monitor=cfg.train.monitor, run_dir=str(run.path),
     )
     wandb_run = WandbRun(
@@ -290,13 +289,9 @@ def _train(
 
         return distributed.on_main(record)
 
-    trainer = Trainer(
-        model, optimizer=optimizer, loss_fn=builders.build_loss(cfg.train, bundle.train.class_counts), device=device,
-        epochs=cfg.train.epochs, scheduler=scheduler, scheduler_interval=interval, grad_clip=cfg.train.grad_clip,
-        amp=cfg.train.amp, channels_last=cfg.train.channels_last, monitor=cfg.train.monitor, tta=cfg.train.tta,
-        ema_decay=cfg.train.ema_decay, mixup_alpha=cfg.train.mixup_alpha, cutmix_alpha=cfg.train.cutmix_alpha,
-        patience=cfg.train.early_stopping_patience, unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
-        seed=cfg.run.seed, checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
+    trainer = builders.build_trainer(
+        cfg, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(train_loader), device=device,
+        optim_cfg=optim_cfg, checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
         distributed=distributed, progress=None if distributed.is_main else False,
     )
     if resume_ckpt is not None:

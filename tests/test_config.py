@@ -75,20 +75,30 @@ def test_string_settings_keep_their_text():
 
 def test_num_workers_auto_resolves_per_device(monkeypatch):
     """``data.num_workers=auto`` (the default): no worker processes on CPU, a few on CUDA with pinned
-    memory; a number is kept; anything else is a config error naming the key."""
+    memory, shared between the training processes of a machine; a number is kept; anything else is a
+    config error naming the key."""
+    import torch
+
     from research import builders
 
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     cfg = load_config(None)
     assert cfg.data.num_workers == "auto"
-    assert builders.num_workers(cfg.data, cuda=False) == 0
+    assert builders.num_workers(cfg.data, device=cpu) == 0
     monkeypatch.setattr(builders, "usable_cpus", lambda: 2)
-    assert builders.num_workers(cfg.data, cuda=True) == 2  # a 2-core notebook with a GPU
+    assert builders.num_workers(cfg.data, device=cuda) == 2  # a 2-core notebook with a GPU
     monkeypatch.setattr(builders, "usable_cpus", lambda: 32)
-    assert builders.num_workers(cfg.data, cuda=True) == 4
-    assert builders.num_workers(load_config(None, ["data.num_workers=3"]).data, cuda=False) == 3
+    assert builders.num_workers(cfg.data, device=cuda) == 4
+    assert builders.num_workers(cfg.data, device=cuda, processes=16) == 2  # torchrun, 16 GPUs on 32 CPUs
+    assert builders.num_workers(cfg.data, device=cuda, processes=64) == 1
+    assert builders.num_workers(load_config(None, ["data.num_workers=3"]).data, device=cpu) == 3
+    # a machine with a GPU, but the run is on the CPU (train.device=cpu): no workers, no pinned memory
     monkeypatch.setattr(builders.torch.cuda, "is_available", lambda: True)
-    options = builders._loader_options(cfg.data)
+    options = builders._loader_options(cfg.data, cpu)
+    assert options["num_workers"] == 0 and not options["pin_memory"] and options["worker_init_fn"] is None
+    options = builders._loader_options(cfg.data, cuda)
     assert options["num_workers"] == 4 and options["pin_memory"] and options["worker_init_fn"] is builders.seed_worker
+    assert builders.num_workers(cfg.data) == 4  # no device given: CUDA when present
     for bad in ("-1", "many", "true"):
         with pytest.raises(ConfigError, match="data.num_workers.*auto or an integer >= 0"):
             load_config(None, [f"data.num_workers={bad}"])

@@ -52,10 +52,12 @@ def test_both_sides_train_one_epoch_on_the_same_split(train_only, tmp_path, caps
         assert results[side]["val_images"] == results["split"]["val_files"] > 0
         assert results["summary"][side]["best_acc"] == curve[0]["val_acc"]
     assert results["project"]["train_images"] == results["baseline"]["train_images"]
+    assert results["project"]["device"] == results["baseline"]["device"] == "cpu"  # both sides on the run's device
     assert results["machine"]["nproc"] >= 1 and len(results["machine"]["loadavg_end"]) == 3
 
     text = capsys.readouterr().out
     assert "| project |" in text and "| baseline |" in text and "baseline / project" in text
+    assert "training on cpu (project) and cpu (baseline)" in text
 
 
 def test_budgets_per_side_and_stop_at_target():

@@ -131,6 +131,10 @@ def test_dataloader_workers_are_seeded(tmp_path, tiny_dataset):
     a = train(cfg_for(tiny_dataset, tmp_path, "run.name=wa", *extra))
     b = train(cfg_for(tiny_dataset, tmp_path, "run.name=wb", *extra))
     assert _history(Path(a.run_dir)) == _history(Path(b.run_dir))
+    # the run records how many workers drew its augmentations; auto on CPU is none
+    assert json.loads((Path(a.run_dir) / "summary.json").read_text())["env"]["data_workers"] == 2
+    c = train(cfg_for(tiny_dataset, tmp_path, "run.name=wc", "train.epochs=1"))
+    assert json.loads((Path(c.run_dir) / "summary.json").read_text())["env"]["data_workers"] == 0
 
 
 def test_cache_modes_give_the_same_history(tmp_path, tiny_dataset):

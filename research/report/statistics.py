@@ -29,8 +29,8 @@ from scipy.stats import binom
 from research.config import Config, flatten
 from research.report.collect import RunRecord
 
-# Config keys that do not make two runs different configurations (data.num_workers changes how a
-# run executes, not what it learns).
+# Config keys that do not make two runs different configurations. data.num_workers changes how a run
+# executes; it also changes its augmentation draws (each worker has its own stream), as a seed does.
 IGNORED_KEYS = ("run.seed", "run.name", "run.dir", "run.resume", "data.num_workers")
 IGNORED_PREFIXES = ("wandb.",)
 BOOTSTRAP_RESAMPLES = 1000
