@@ -48,12 +48,7 @@ def seed_everything(seed: int, *, deterministic: bool = False) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy/python and the albumentations pipeline per worker, and
-    keep OpenCV to one thread in it (the workers already run in parallel; a thread pool in each would
-    oversubscribe the CPUs)."""
-    import cv2
-
-    cv2.setNumThreads(1)
+    """DataLoader ``worker_init_fn``: seed numpy/python and the albumentations pipeline per worker."""
     worker_seed = torch.initial_seed() % 2**32
     random.seed(worker_seed)
     np.random.seed(worker_seed)
