@@ -171,7 +171,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             out = trainer.train_one_epoch(loader)
             sync(device)
             epoch_s = time.perf_counter() - start
-        return {"loader": loader_ips, "training": out.images / epoch_s, "epoch_s": epoch_s, "gpu": util.mean()}
+        return {"workers": loader.num_workers, "loader": loader_ips, "training": out.images / epoch_s, "epoch_s": epoch_s,
+                "gpu": util.mean()}
 
     # Rounds in alternating order (0 2 auto, auto 2 0, ...), so drift and background load hit every setting alike.
     model_ips: list[float] = []
@@ -191,8 +192,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         loader_ips, training_ips = [g["loader"] for g in got], [g["training"] for g in got]
         gpu = [g["gpu"] for g in got if g["gpu"] is not None]
         rows.append({
-            "workers_requested": requested, "workers": builders.num_workers(config(f"data.num_workers={requested}").data,
-                                                                         device=device),
+            "workers_requested": requested, "workers": got[0]["workers"],
             "loader_images_per_s": statistics.median(loader_ips), "loader_images_per_s_all": loader_ips,
             "epoch_images_per_s": statistics.median(training_ips), "epoch_images_per_s_all": training_ips,
             "epoch_s": statistics.median(g["epoch_s"] for g in got),

@@ -17,7 +17,7 @@ from typing import Any
 import albumentations as A
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRandomSampler
 
@@ -260,13 +260,13 @@ def build_scheduler(
 
 
 def build_trainer(
-    cfg: DictConfig, model: nn.Module, *, class_counts: Mapping[str, int], steps_per_epoch: int, device: torch.device,
-    optim_cfg: DictConfig | None = None, **hooks: Any,
+    cfg: DictConfig, model: FERClassifier, *, class_counts: Mapping[str, int], steps_per_epoch: int,
+    device: torch.device, **hooks: Any,
 ) -> Trainer:
-    """The trainer of a run: the optimiser (``optim_cfg``, default ``cfg.optim``), its schedule over
-    ``train.epochs`` x ``steps_per_epoch``, the loss and every ``train.*`` setting. ``hooks`` go to
-    :class:`Trainer` as they are (``checkpoint_fn``, ``on_epoch_end``, ``distributed``, ``progress``)."""
-    optimizer = build_optimizer(model, optim_cfg if optim_cfg is not None else cfg.optim)
+    """The trainer of a run: the optimiser (:func:`optim_for`), its schedule over ``train.epochs`` x
+    ``steps_per_epoch``, the loss and every ``train.*`` setting. ``hooks`` go to :class:`Trainer` as
+    they are (``checkpoint_fn``, ``on_epoch_end``, ``distributed``, ``progress``)."""
+    optimizer = build_optimizer(model, optim_for(cfg, model))
     scheduler, interval = build_scheduler(
         optimizer, cfg.optim, epochs=cfg.train.epochs, steps_per_epoch=steps_per_epoch, monitor=cfg.train.monitor
     )
@@ -278,6 +278,18 @@ def build_trainer(
         mixup_alpha=train.mixup_alpha, cutmix_alpha=train.cutmix_alpha, patience=train.early_stopping_patience,
         unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0, seed=cfg.run.seed, **hooks,
     )
+
+
+def optim_for(cfg: DictConfig, model: FERClassifier) -> DictConfig:
+    """``cfg.optim``, without the discriminative rates (``backbone_lr_mult``, ``layer_decay``) when the
+    backbone is not pretrained: they protect pretrained features, and a randomly initialised backbone
+    (e.g. the hub was unreachable and ``model.pretrained_fallback`` took over) needs the full rate."""
+    split_rates = {k: cfg.optim[k] for k in ("backbone_lr_mult", "layer_decay") if cfg.optim.get(k, 1.0) != 1.0}
+    if not (split_rates and model.pretrained_source.startswith("none")):
+        return cfg.optim
+    log.info("%s ignored: the backbone is not pretrained, so it trains at optim.lr",
+             " and ".join(f"optim.{k}={v}" for k, v in split_rates.items()))
+    return OmegaConf.merge(cfg.optim, {k: 1.0 for k in split_rates})
 
 
 def build_loss(train_cfg: DictConfig, class_counts: dict[str, int]) -> nn.Module:

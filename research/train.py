@@ -240,14 +240,6 @@ def _train(
     # The final evaluation scores the whole validation set in one process (rank 0).
     final_loader = builders.build_eval_loader(bundle.val, cfg, device) if distributed.enabled else val_loader
 
-    optim_cfg = cfg.optim
-    split_rates = {k: cfg.optim[k] for k in ("backbone_lr_mult", "layer_decay") if cfg.optim.get(k, 1.0) != 1.0}
-    if split_rates and model.pretrained_source.startswith("none"):
-        # Discriminative rates protect pretrained features; a randomly initialised backbone (e.g. the hub
-        # was unreachable and model.pretrained_fallback took over) needs the full rate to learn at all.
-        log.info("%s ignored: the backbone is not pretrained, so it trains at optim.lr",
-                 " and ".join(f"optim.{k}={v}" for k, v in split_rates.items()))
-        optim_cfg = OmegaConf.merge(cfg.optim, {k: 1.0 for k in split_rates})
     total, trainable = count_parameters(model)
     summary = RunSummary(
         run_id=run.run_id, model=cfg.model.name,
@@ -291,7 +283,7 @@ def _train(
 
     trainer = builders.build_trainer(
         cfg, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(train_loader), device=device,
-        optim_cfg=optim_cfg, checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
+        checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
         distributed=distributed, progress=None if distributed.is_main else False,
     )
     if resume_ckpt is not None:

@@ -2,20 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "dataset_overlap.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("dataset_overlap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def face(seed: int) -> np.ndarray:
@@ -37,7 +27,7 @@ def test_copies_are_found_and_other_images_are_not(tmp_path, capsys):
     Image.fromarray(face(100)).save(a / "validation" / "alegria" / "other.png")
     Image.fromarray(face(101)).save(a / "train" / "alegria" / "other.png")
 
-    overlap = load_script()
+    overlap = load_benchmark("dataset_overlap")
     assert overlap.main([str(a), str(tmp_path / "source"), "--show", "3"]) == 0
     out = capsys.readouterr().out
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in out.splitlines() if line.startswith("| ") and "part of" not in line}
@@ -50,7 +40,7 @@ def test_copies_are_found_and_other_images_are_not(tmp_path, capsys):
 
 
 def test_a_missing_folder_is_exit_code_2(tmp_path, caplog):
-    assert load_script().main([str(tmp_path / "nowhere"), str(tmp_path)]) == 2
+    assert load_benchmark("dataset_overlap").main([str(tmp_path / "nowhere"), str(tmp_path)]) == 2
     assert "is not a folder of images" in caplog.text
 
 
@@ -63,7 +53,7 @@ def test_crop_faces_keeps_faceless_images_whole(tmp_path, capsys):
     for i in range(3):
         Image.fromarray(face(i)).save(b / f"{i}.png")
     Image.fromarray(face(1)).resize((200, 200), Image.BILINEAR).save(a / "copy.png")
-    assert load_script().main([str(tmp_path / "a"), str(tmp_path / "b"), "--crop-faces", "--show", "1"]) == 0
+    assert load_benchmark("dataset_overlap").main([str(tmp_path / "a"), str(tmp_path / "b"), "--crop-faces", "--show", "1"]) == 0
     out = capsys.readouterr().out
     assert "largest Haar face of each image" in out
     assert out.splitlines()[-1].split()[1:] == ["y/copy.png", "x/1.png"]
@@ -75,7 +65,7 @@ def test_an_unreadable_image_or_a_tiny_size_is_exit_code_2(tmp_path, caplog):
     b.mkdir()
     Image.fromarray(face(0)).save(a / "ok.png")
     (b / "broken.jpg").write_bytes(b"not an image")
-    overlap = load_script()
+    overlap = load_benchmark("dataset_overlap")
     assert overlap.main([str(a), str(b)]) == 2
     assert "broken.jpg" in caplog.text and "remove or replace the file" in caplog.text
     caplog.clear()

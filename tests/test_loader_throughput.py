@@ -3,32 +3,18 @@ read back from its JSON and table; bad input gives exit 2."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("loader_throughput", REPO / "benchmarks" / "loader_throughput.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports hostinfo from beside it, as when run
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+from tests.conftest import load_benchmark
 
 
 def test_every_workers_count_is_measured_and_reported(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "loader.json"
     argv = ["--preset", "scratch_cnn", "--data", str(tiny_dataset), "--workers", "0", "1", "auto",
             "--model-batches", "2", "--repeats", "2", "--json", str(out), "data.batch_size=8", "data.image_size=32"]
-    assert load_benchmark().main(argv) == 0
+    assert load_benchmark("loader_throughput").main(argv) == 0
     report = json.loads(out.read_text())
     assert report["device"] == "cpu" and report["gpu"] is None and report["batch_size"] == 8
     assert report["repeats"] == 2 and len(report["model_images_per_s_all"]) == 2 and report["model_images_per_s"] > 0
@@ -55,11 +41,11 @@ def test_every_workers_count_is_measured_and_reported(tiny_dataset, tmp_path, ca
     ],
 )
 def test_bad_input_is_exit_2_with_the_reason(argv, message, caplog):
-    assert load_benchmark().main(["--preset", "scratch_cnn", *argv]) == 2
+    assert load_benchmark("loader_throughput").main(["--preset", "scratch_cnn", *argv]) == 2
     assert message in caplog.text
 
 
 def test_model_batches_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exit_:
-        load_benchmark().main(["--model-batches", "0"])
+        load_benchmark("loader_throughput").main(["--model-batches", "0"])
     assert exit_.value.code == 2 and "'0' is not an integer >= 1" in capsys.readouterr().err

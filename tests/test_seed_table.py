@@ -2,18 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("seed_table", REPO / "benchmarks" / "seed_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_benchmark
 
 
 def _run(folder: Path, acc: float, f1s: dict[str, tuple[float, int]]) -> None:
@@ -30,7 +22,7 @@ def test_table_means_stds_and_the_supported_class_macro_f1(tmp_path, capsys):
         _run(tmp_path / f"a-s{seed}", acc, {"big": (big, 100), "other": (0.4, 50), "rare": (rare, 4), "absent": (0.0, 0)})
     _run(tmp_path / "b-s0", 0.60, {"big": (0.5, 100), "other": (0.3, 50), "rare": (0.0, 4), "absent": (0.0, 0)})
     (tmp_path / "b-unfinished").mkdir()  # no per_class.json: not a finished run, left out
-    table = _load()
+    table = load_benchmark("seed_table")
     assert table.main([f"a={tmp_path}/a-s*", f"b={tmp_path}/b-*", "--min-support", "10"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
@@ -44,7 +36,7 @@ def test_table_means_stds_and_the_supported_class_macro_f1(tmp_path, capsys):
 
 
 def test_bad_arguments_exit_2_with_one_message(tmp_path, capsys):
-    table = _load()
+    table = load_benchmark("seed_table")
     assert table.main(["no-equals-sign"]) == 2
     assert "is not LABEL=GLOB" in capsys.readouterr().err
     assert table.main([f"x={tmp_path}/nothing-*"]) == 2

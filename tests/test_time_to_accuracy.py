@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", REPO / "benchmarks" / "time_to_accuracy.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(REPO / "benchmarks"))  # the script imports hostinfo from beside it, as when run
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    return module
+from tests.conftest import load_benchmark
 
 
 @pytest.fixture
@@ -40,7 +27,7 @@ def test_both_sides_train_one_epoch_on_the_same_split(train_only, tmp_path, caps
         "--json", str(out), "--run-dir", str(tmp_path / "runs"), "--preset", "scratch_cnn",
         "--overrides", "data.image_size=16", "data.batch_size=16", "train.threads=1", "wandb.mode=disabled",
     ]
-    assert load_benchmark().main(argv) == 0
+    assert load_benchmark("time_to_accuracy").main(argv) == 0
 
     results = json.loads(out.read_text())
     assert results["split"]["identical_on_both_sides"]
@@ -64,7 +51,7 @@ def test_budgets_per_side_and_stop_at_target():
     """--baseline-budget-s gives the baseline its own wall budget; --stop-at-target ends a side at the target."""
     import argparse
 
-    tta = load_benchmark()
+    tta = load_benchmark("time_to_accuracy")
     args = argparse.Namespace(budget_s=1800.0, baseline_budget_s=900.0, stop_at_target=False, target_acc=0.6)
     assert tta.side_budget(args, "project") == 1800.0 and tta.side_budget(args, "baseline") == 900.0
     assert not tta.over_budget(args, 1000.0, "project", 0.7)

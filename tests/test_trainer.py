@@ -156,7 +156,7 @@ def test_backbone_lr_mult_is_ignored_without_pretrained_weights(tmp_path, tiny_d
 
     cfg = load_config(None, [f"data.root={tiny_dataset}", f"run.dir={tmp_path}", "run.name=m", *FAST,
                              "model.name=scratch_cnn_small", "optim.backbone_lr_mult=0.1", "optim.layer_decay=0.8"])
-    with caplog.at_level(logging.INFO, logger="research.train"):
+    with caplog.at_level(logging.INFO, logger="research.builders"):
         train(cfg)
     assert "optim.backbone_lr_mult=0.1 and optim.layer_decay=0.8 ignored" in caplog.text
 
