@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     crop = None
     if args.crop_faces:
-        from research.faces import HaarFaceCropper
+        from research.faces.haar import HaarFaceCropper
 
         cropper = HaarFaceCropper(margin=0.0, fallback=True)
         crop = lambda rgb: cropper(rgb).image  # noqa: E731

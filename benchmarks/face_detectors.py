@@ -30,9 +30,9 @@ from pathlib import Path
 
 import cv2
 
-from research.builders import haar_cropper, landmark_aligner
 from research.config import FacesConfig
 from research.data.images import is_image_path, load_image
+from research.faces.factory import haar_cropper, landmark_aligner
 
 log = logging.getLogger("face_detectors")
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

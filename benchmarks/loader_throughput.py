@@ -2,7 +2,7 @@
 
 For a preset on a dataset, on the device training would use (CUDA when present, else CPU), with
 the preset's precision, memory format, mixup and optimiser, and the data pipeline ``research/train.py``
-builds (decode-once cache, albumentations train transform, ``builders.build_loaders``):
+builds (decode-once cache, albumentations train transform, ``research.builders.data.build_loaders``):
 
 1. **model**: ``Trainer.train_one_epoch`` over batches already decoded and augmented in memory
    (the first ``--model-batches`` batches of the train loader, repeated): what the device can take.
@@ -43,10 +43,13 @@ from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from research import builders
-from research.cli import setup_logging, user_errors
+from research.builders.data import build_loaders, load_data, usable_cpus
+from research.builders.model import build_model, normalization, train_transform
+from research.builders.training import build_trainer
+from research.cli import setup_logging
 from research.config import load_config
-from research.engine.trainer import resolve_device
+from research.engine.runtime import resolve_device
+from research.errors import UserError
 
 log = logging.getLogger("benchmarks.loader_throughput")
 
@@ -125,22 +128,22 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     base = config()
     device = resolve_device(base.train.device)
-    model = builders.build_model(base)
-    mean, std = builders.normalization(base, model)
-    bundle = builders.load_data(base)
-    bundle.train.transform = builders.train_transform(base, mean, std)
+    model = build_model(base)
+    mean, std = normalization(base, model)
+    bundle = load_data(base)
+    bundle.train.transform = train_transform(base, mean, std)
     n_train = len(bundle.train)
     log.info("%s on %s: %d train images, %d px, batch %d", args.preset, device, n_train, base.data.image_size,
              base.data.batch_size)
 
     # 1. The model alone: batches decoded and augmented once, kept in memory, repeated.
-    loader, _ = builders.build_loaders(bundle, config("data.num_workers=0"), seed=base.run.seed, device=device)
+    loader, _ = build_loaders(bundle, config("data.num_workers=0"), seed=base.run.seed, device=device)
     held = []
     for batch in loader:
         held.append(batch)
         if len(held) >= args.model_batches:
             break
-    trainer = builders.build_trainer(base, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(loader),
+    trainer = build_trainer(base, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(loader),
                                      device=device, progress=False)
     trainer.train_one_epoch(DataLoader(held[:3], batch_size=None))  # warm-up: kernels chosen, memory allocated
 
@@ -153,7 +156,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
     def one_setting(requested: str) -> dict[str, Any]:
         cfg = config(f"data.num_workers={requested}")
-        loader, _ = builders.build_loaders(bundle, cfg, seed=cfg.run.seed, device=device)
+        loader, _ = build_loaders(bundle, cfg, seed=cfg.run.seed, device=device)
         # 2. The loader alone (worker start-up included: the trainer's loaders start their workers every epoch).
         sync(device)
         start = time.perf_counter()
@@ -202,7 +205,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "preset": args.preset, "data": args.data, "overrides": list(args.overrides), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": cpu_model(), "nproc": builders.usable_cpus(), "torch": torch.__version__,
+        "cpu": cpu_model(), "nproc": usable_cpus(), "torch": torch.__version__,
         "python": platform.python_version(), "train_images": n_train, "image_size": base.data.image_size,
         "batch_size": base.data.batch_size, "amp": base.train.amp, "channels_last": base.train.channels_last,
         "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
@@ -258,8 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     started, load_start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), os.getloadavg()
     try:
         report = measure(args)
-    except user_errors() as err:
-        log.error("%s", err.args[0] if isinstance(err, KeyError) and err.args else err)
+    except UserError as err:
+        log.error("%s", err)
         return 2
     report.update(started=started, loadavg_start=list(load_start), loadavg_end=list(os.getloadavg()))
     print(table(report))

@@ -4,7 +4,7 @@ Each checkout given with ``--code LABEL=PATH`` (default: this one, labelled ``cu
 command ``--repeats`` times in fresh processes (``--wandb disabled``, outputs to a temporary
 folder); the checkouts take turns round by round, so a slow spell on the machine falls on all of
 them. Then one more process per checkout times the phases inside the command by wrapping the
-functions that ``research.predict`` calls. Prints a markdown table (one row per checkout) on
+functions that ``research.inference.predict`` (``research.predict`` in older checkouts) calls. Prints a markdown table (one row per checkout) on
 stdout and the machine on stderr. Asserts nothing: timings depend on the machine and its load.
 
     python benchmarks/predict_speed.py --run /tmp/predict-bench/r1 --images ../shared/data/new-images \\
@@ -52,9 +52,13 @@ def whole_process_seconds(code: Path, run: Path, images: Path, face: str) -> flo
 def phases(run: Path, images: Path, face: str) -> dict[str, float | int | list[str]]:
     """Run inside a process whose ``research`` is the checkout under test: seconds per phase."""
     start = time.perf_counter()
+    try:
+        from research.inference import predict as predict_module
+    except ImportError:  # a checkout from before research/inference/ (2026-12)
+        import research.predict as predict_module
+
     import research.cli
     import research.plots
-    import research.predict
 
     seconds: dict[str, float] = {"imports": time.perf_counter() - start}
     calls: dict[str, int] = {}
@@ -72,11 +76,11 @@ def phases(run: Path, images: Path, face: str) -> dict[str, float | int | list[s
 
         setattr(owner, attr, wrapper)
 
-    timed(research.predict, "load_run", "model load")
-    timed(research.predict, "linked_wandb_run", "W&B setup")
-    timed(research.predict, "read_new_images", "image reading")
-    timed(research.predict, "_crop_or_none", "detection")
-    timed(research.predict, "predict_arrays", "forward")
+    timed(predict_module, "load_run", "model load")
+    timed(predict_module, "linked_wandb_run", "W&B setup")
+    timed(predict_module, "read_new_images", "image reading")
+    timed(predict_module, "_crop_or_none", "detection")
+    timed(predict_module, "predict_arrays", "forward")
     # The reused-figure writer where the checkout has it, else the one-figure-per-panel function.
     if hasattr(research.plots, "PredictionPanels"):
         timed(research.plots.PredictionPanels, "save", "panels")

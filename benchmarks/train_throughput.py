@@ -50,22 +50,15 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from research.builders import (
-    build_loaders,
-    build_loss,
-    build_model,
-    build_optimizer,
-    build_scheduler,
-    eval_transform,
-    normalization,
-    num_workers,
-    train_transform,
-)
+from research.builders.data import build_loaders, load_data, num_workers
+from research.builders.model import build_model, eval_transform, normalization, train_transform
+from research.builders.training import build_optimizer, build_trainer, optim_for
 from research.cli import setup_logging
 from research.config import list_presets, load_config
 from research.data.datasets import DEMO_ROOT, load_datasets
 from research.data.demo import write_demo_dataset
-from research.engine.trainer import Trainer, resolve_device, seed_everything
+from research.engine.runtime import resolve_device, seed_everything
+from research.engine.trainer import Trainer
 
 log = logging.getLogger("benchmarks.train_throughput")
 
@@ -209,48 +202,14 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
     model = build_model(cfg)
     bare_model = copy.deepcopy(model).to(device)  # same initial weights, trained independently
     mean, std = normalization(cfg, model)
-    bundle = load_datasets(
-        cfg.data.root,
-        bad_files=cfg.data.bad_files,
-        cache=cfg.data.cache,
-        keep_size=cfg.data.image_size,
-        require_all_classes=cfg.data.require_all_classes,
-        workers=max(2, num_workers(cfg.data)),
-        demo_scale=cfg.data.demo_scale,
-        seed=cfg.run.seed,
-    )
+    bundle = load_data(cfg)
     bundle.train.transform = train_transform(cfg, mean, std)
     loader, _ = build_loaders(bundle, cfg, seed=cfg.run.seed)
     n_images = len(bundle.train)
-
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler, interval = build_scheduler(
-        optimizer,
-        cfg.optim,
-        epochs=cfg.train.epochs,
-        steps_per_epoch=len(loader),
-        monitor=cfg.train.monitor,
-    )
-    loss_fn = build_loss(cfg.train, bundle.train.class_counts)
-    trainer = Trainer(
-        model,
-        optimizer=optimizer,
-        loss_fn=loss_fn,
-        device=device,
-        epochs=cfg.train.epochs,
-        scheduler=scheduler,
-        scheduler_interval=interval,
-        grad_clip=cfg.train.grad_clip,
-        amp=cfg.train.amp,
-        channels_last=cfg.train.channels_last,
-        monitor=cfg.train.monitor,
-        patience=cfg.train.early_stopping_patience,
-        unfreeze_epoch=cfg.model.unfreeze_epoch if cfg.model.mode == "frozen" else 0,
-        seed=cfg.run.seed,
-        checkpoint_fn=None,
-        on_epoch_end=None,
-    )
-    bare_optimizer = build_optimizer(bare_model, cfg.optim)
+    # The trainer train.py builds (the same builder), without checkpoints or epoch callbacks.
+    trainer = build_trainer(cfg, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(loader), device=device)
+    loss_fn = trainer.loss_fn
+    bare_optimizer = build_optimizer(bare_model, optim_for(cfg, model))
     # The functional loss with the trainer's class weights and smoothing: the same objective.
     weight = loss_fn.weight.to(device) if loss_fn.weight is not None else None
     smoothing = loss_fn.label_smoothing
@@ -343,8 +302,8 @@ def bench_trainer(cfg: DictConfig, args: argparse.Namespace) -> dict[str, Any]:
         "image_size": cfg.data.image_size,
         "channels": cfg.data.channels,
         "augment": cfg.augment.preset,
-        "optimizer": type(optimizer).__name__,
-        "scheduler": type(scheduler).__name__ if scheduler is not None else None,
+        "optimizer": type(trainer.optimizer).__name__,
+        "scheduler": type(trainer.scheduler).__name__ if trainer.scheduler is not None else None,
         "device": str(device),
         "epochs_per_repeat": args.epochs,
         "repeats": args.repeats,

@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from research.config import CHOICES
+from research.errors import UserError
+from research.faces.settings import MODES, SINGLE_MODES, resolve_mode
 
 log = logging.getLogger("research")
 
@@ -22,9 +24,6 @@ overrides: any config key as key=value or --key=value (the form `wandb agent` pa
   (all keys with defaults: `poetry run train --print-config`)
 """
 WANDB_MODES = CHOICES["wandb.mode"]
-# `predict --face`: "raw" scores the whole photo ("none" is accepted as its old name); "both" is raw + haar,
-# "all" is raw + haar + aligned (landmark alignment needs the optional extra: poetry install --extras align).
-FACE_MODES = ("raw", "haar", "aligned", "both", "all")
 
 Action = Callable[[argparse.Namespace, list[str]], int | None]
 
@@ -41,31 +40,6 @@ def setup_logging(verbose: bool = False) -> None:
     os.environ.setdefault("WANDB_SILENT", "true")
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by input or environment: one line and exit code 2, no traceback."""
-    from research.align import AlignUnavailableError
-    from research.config import ConfigError
-    from research.data.augment import AugmentError
-    from research.data.classes import UnknownClassError
-    from research.data.datasets import DatasetLayoutError
-    from research.data.download import DownloadError
-    from research.data.images import ImageDecodeError
-    from research.data.importers import DatasetImportError
-    from research.engine.trainer import NonFiniteLossError
-    from research.exported import ExportedModelError, ExportParityError
-    from research.faces import NoFaceFoundError
-    from research.models.backbones import PretrainedWeightsError
-    from research.report import WandbReportError
-    from research.tracking.runs import OutputWriteError, RunFolderError
-
-    return (
-        ConfigError, AlignUnavailableError, AugmentError, UnknownClassError, DatasetLayoutError, DatasetImportError, DownloadError, ImageDecodeError,
-        NonFiniteLossError, NoFaceFoundError, PretrainedWeightsError, RunFolderError, WandbReportError,
-        OutputWriteError, ExportedModelError, ExportParityError, FileNotFoundError, FileExistsError, NotADirectoryError,
-        KeyError,
-    )
-
-
 def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action: Action, *, overrides: bool = False) -> None:
     """Parse ``argv`` (unknown ``key=value`` items pass through as overrides when ``overrides``), set up
     logging and run ``action(args, overrides)``; user errors become one clear line and exit code 2."""
@@ -79,9 +53,8 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action
     except KeyboardInterrupt:
         log.error("interrupted")
         sys.exit(130)
-    except user_errors() as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        log.error("%s", message)
+    except UserError as err:  # bad input or environment: the message says what to do; anything else is a bug
+        log.error("%s", err)
         sys.exit(2)
 
 
@@ -152,26 +125,24 @@ def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] |
         _print(to_yaml(cfg))
         return 0
     from research.engine.distributed import Distributed
-    from research.predict import new_images_step
-    from research.train import train, train_seeds
+    from research.pipeline import train_seeds, train_with_new_images
 
     main_process = Distributed.from_env().is_main
     if not main_process:  # under torchrun rank 0 speaks for the run; the others report only problems
         log.setLevel(logging.WARNING)
     command = "poetry run train " + " ".join(sys.argv[1:] if argv is None else argv)
-    after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
     if args.seeds is None:
-        summary = train(cfg, command=command, after_fit=after_fit)
+        summary = train_with_new_images(cfg, command=command)
         if main_process:
             _print(summary.run_dir)
         return 0
-    results = train_seeds(cfg, args.seeds, command=command, after_fit=after_fit)
+    results = train_seeds(cfg, args.seeds, command=command)
     for result in results:
         if result.run_dir.exists() and main_process:
             _print(result.run_dir)
     failed = [r for r in results if r.error is not None]
     if failed:
-        log.error("%d of %d seed(s) failed: %s", len(failed), len(results), "; ".join(f"seed {r.seed}: {r.error}" for r in failed))
+        log.error("%d of %d seed(s) failed: %s", len(failed), len(results), "; ".join(f"seed {r.job.cfg.run.seed}: {r.error}" for r in failed))
         return 1
     return 0
 
@@ -210,9 +181,10 @@ def fetch_data_main(argv: Sequence[str] | None = None) -> None:
 
 # --- predict ------------------------------------------------------------------------------
 def _face_mode(value: str) -> str:
-    value = "raw" if value == "none" else value
-    if value not in FACE_MODES:
-        raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(FACE_MODES)})")
+    """``--face``: a mode of :data:`research.faces.settings.MODES` ("none" is the old name of raw)."""
+    value = resolve_mode(value)
+    if value not in MODES:
+        raise argparse.ArgumentTypeError(f"invalid choice {value!r} (choose from {', '.join(MODES)})")
     return value
 
 
@@ -240,7 +212,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
     source.add_argument("--video", type=Path, metavar="FILE", help="annotate a video file instead of scoring IMAGES")
     source.add_argument("--camera", type=int, metavar="INDEX", help="annotate frames of camera INDEX (needs a camera device)")
     parser.add_argument(
-        "--face", type=_face_mode, default="both", metavar="{raw,haar,aligned,both,all}",
+        "--face", type=_face_mode, default="both", metavar="{" + ",".join(MODES) + "}",
         help="images: raw (whole photo), haar (Haar face crop), aligned (dlib landmarks, eyes levelled; needs "
         "`poetry install --extras align`), both (raw + haar, default) or all (raw + haar + aligned side by side); "
         "video always scores every Haar face",
@@ -261,7 +233,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
         if video == (args.images is not None):
             parser.error("give either IMAGES (a folder) or --video FILE / --camera INDEX")
         if video:
-            from research.video import video_cli
+            from research.inference.video import video_cli
 
             result = video_cli(
                 args.video if args.video is not None else args.camera, run=args.run, onnx=args.onnx, out=args.out,
@@ -269,7 +241,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
             )
             _print(result.video)
             return 0
-        from research.predict import predict_cli
+        from research.inference.predict import predict_cli
 
         predict_cli(args.run, args.images, face=args.face, out=args.out, checkpoint=args.checkpoint,
                     fallback=not args.no_fallback, wandb_mode=args.wandb, onnx=args.onnx, gradcam=not args.no_gradcam)
@@ -302,12 +274,15 @@ def export_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--threads", type=_positive_int, default=1, help="latency: CPU threads of both runtimes (default: %(default)s)")
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
-        from research.export import export_run
+        from research.inference.export import export_run
+        from research.report.card import write_model_card
 
         result = export_run(
             args.run, fmt=args.format, out=args.out, checkpoint=args.checkpoint, images_dir=args.check_images,
             repeats=args.repeats, threads=args.threads,
         )
+        write_model_card(result.run_dir, result.card_path, metadata=result.record, parity=result.parity)
+        result.check_parity()
         _print(result.model)
         return 0
 
@@ -330,7 +305,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
     parser.add_argument("--split", help="split folder inside DATA_DIR (e.g. test, validation)")
     parser.add_argument(
-        "--face", type=_face_mode, default="raw", metavar="{raw,haar,aligned}",
+        "--face", type=_face_mode, default="raw", metavar="{" + ",".join(SINGLE_MODES) + "}",
         help="haar: crop the face first; aligned: align it on its landmarks first (needs the align extra) (default: raw)",
     )
     parser.add_argument(
@@ -348,10 +323,10 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--wandb", default=None, choices=WANDB_MODES, help="W&B mode (default: the run's)")
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
-        from research.evaluate import evaluate_cli
+        from research.inference.evaluate import evaluate_cli
 
-        if args.face in ("both", "all"):
-            parser.error(f"--face {args.face} is for predict; evaluate takes raw, haar or aligned")
+        if args.face not in SINGLE_MODES:
+            parser.error(f"--face {args.face} is for predict; evaluate takes {', '.join(SINGLE_MODES)}")
         evaluate_cli(args)
         return 0
 
@@ -479,7 +454,7 @@ def sync_runs_main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="show what would be uploaded (wandb sync --dry-run)")
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
-        from research.tracking.wandb_log import sync_offline_runs
+        from research.tracking.wandb_offline import sync_offline_runs
 
         return sync_offline_runs(args.paths, ["--dry-run"] if args.dry_run else [])
 

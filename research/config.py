@@ -23,6 +23,9 @@ from omegaconf.nodes import StringNode
 from research.data.augment import AUGMENT_PRESETS, AugmentError, augment_fields, resolve_augment
 from research.data.cache import CACHE_ALIASES, CACHE_MODES
 from research.data.classes import CANONICAL_CLASSES
+from research.errors import UserError
+from research.faces.settings import FACE_CROP_CHOICES
+from research.faces.settings import RANGES as FACE_RANGES
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -158,7 +161,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "data.bad_files": ("error", "skip"),
     "data.cache": CACHE_MODES,
     "data.sampler": ("shuffle", "balanced"),
-    "data.face_crop": ("none", "haar", "aligned"),
+    "data.face_crop": FACE_CROP_CHOICES,
     "augment.preset": tuple(AUGMENT_PRESETS),
     "model.mode": ("finetune", "frozen"),
     "optim.name": ("adamw", "sgd"),
@@ -170,7 +173,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad preset, key or value; raised at start-up with the fix in the message."""
 
 
@@ -328,15 +331,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 = off)"),
     "train.threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
     "run.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
-    "faces.scale_factor": (lambda v: 1 < v <= 2, "in (1, 2]"),
-    "faces.min_neighbors": (lambda v: v >= 0, ">= 0"),
-    "faces.min_size": (lambda v: v >= 1, ">= 1 pixel"),
-    "faces.margin": (lambda v: 0 <= v <= 1, "a fraction of the face side in [0, 1]"),
-    "faces.pad": (lambda v: 0 <= v <= 1, "a fraction of the longer side in [0, 1]"),
-    "faces.upscale_to": (lambda v: v >= 0, ">= 0 pixels (0 = never)"),
-    "faces.align_eye_distance": (lambda v: 0.1 <= v <= 0.8, "a fraction of the crop side in [0.1, 0.8]"),
-    "faces.align_eye_y": (lambda v: 0.1 <= v <= 0.9, "a fraction of the crop side in [0.1, 0.9]"),
-    "faces.align_upsample": (lambda v: 0 <= v <= 3, "an integer in [0, 3]"),
+    **{f"faces.{key}": check for key, check in FACE_RANGES.items()},  # the detectors check the same ranges
     "wandb.init_timeout": (lambda v: 1 <= v <= 600, "seconds in [1, 600]"),
 }
 NON_EMPTY = ("data.root", "run.dir", "wandb.project")
@@ -401,7 +396,7 @@ def _check_model_name(name: str, *, drop_path: float = 0.0) -> None:
 
 
 def _check_align_extra(setting: str) -> None:
-    from research.align import AlignUnavailableError, check_available
+    from research.faces.align import AlignUnavailableError, check_available
 
     try:
         check_available()

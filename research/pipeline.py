@@ -1,20 +1,31 @@
-"""The whole study in one command: train each model, score new images raw and cropped, report.
+"""Training composed with inference: one run with its new-image step, many runs with one failure
+policy, and the whole study in one command.
 
-``--data demo`` runs offline on a CPU in minutes: generated demo faces for training and
-generated demo "new photos" (everything labelled synthetic). With ``--data-dir`` it runs
-the same study on a real dataset folder.
+- :func:`train_with_new_images`: :func:`research.train.train` plus, when ``run.new_images`` is set,
+  the new-image predictions of the finished run (``train`` itself never imports inference's
+  ``predict``; this is the one place the two are put together).
+- :func:`train_many`: the one loop that trains several configurations (``train --seeds``, the
+  pipeline's models, the local sweep's trials) with one failure policy.
+- :func:`run_pipeline`: ``poetry run pipeline``. ``--data demo`` runs offline on a CPU in minutes:
+  generated demo faces for training and generated demo "new photos" (everything labelled synthetic).
+  With ``--data-dir`` it runs the same study on a real dataset folder.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from research.config import check_inputs, load_config, parse_overrides
-from research.predict import new_images_step
+from omegaconf import DictConfig, OmegaConf
+
+from research.config import ConfigError, check_inputs, load_config, parse_overrides, validate
+from research.errors import UserError
+from research.inference.predict import new_images_step
 from research.report import report_cli
+from research.tracking.runs import new_run_id
+from research.tracking.summary import RunSummary
 from research.train import train
 
 log = logging.getLogger(__name__)
@@ -22,6 +33,104 @@ log = logging.getLogger(__name__)
 DEMO_EPOCHS = 4
 # On demo data every model runs at 64x64 so the three-model study fits in a few CPU minutes.
 DEMO_OVERRIDES = ("data.image_size=64",)
+
+
+EpochCallback = Callable[[dict[str, float]], bool]
+
+
+def train_with_new_images(cfg: DictConfig, *, command: str | None = None, on_epoch: EpochCallback | None = None) -> RunSummary:
+    """One training run; with ``run.new_images`` its finished model also scores that folder (raw and
+    Haar-cropped, into the run's ``predictions/`` and its W&B run)."""
+    after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
+    return train(cfg, command=command, on_epoch=on_epoch, after_fit=after_fit)
+
+
+@dataclass
+class Job:
+    """One configuration for :func:`train_many`: a label for messages (``seed 43``, a preset, a trial)."""
+
+    label: str
+    cfg: DictConfig
+    command: str | None = None
+    on_epoch: EpochCallback | None = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.cfg.run.resume) if self.cfg.run.resume else Path(self.cfg.run.dir) / str(self.cfg.run.name)
+
+
+@dataclass
+class JobResult:
+    """What one :class:`Job` gave: its summary, or the error that ended it (``interrupted`` after Ctrl-C)."""
+
+    job: Job
+    summary: RunSummary | None = None
+    error: str | None = None
+    interrupted: bool = False
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.summary.run_dir) if self.summary is not None else self.job.run_dir
+
+
+def train_many(jobs: Iterable[Job], *, on_result: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+    """Train each job in turn (``jobs`` may be a generator that looks at the results so far) with one
+    failure policy:
+
+    - a :class:`~research.config.ConfigError` stops the loop: it is the configuration's, so every
+      other job would fail the same way;
+    - Ctrl-C (and any other ``BaseException``) stops it after ``on_result`` has seen the job as interrupted;
+    - any other error fails that job only and the next one runs: a user error is logged in one line,
+      a bug with its traceback.
+
+    ``on_result`` sees every job's result as soon as it is known (a sweep records its trial there).
+    """
+    results: list[JobResult] = []
+    for job in jobs:
+        result = JobResult(job)
+        try:
+            result.summary = train_with_new_images(job.cfg, command=job.command, on_epoch=job.on_epoch)
+        except ConfigError:
+            raise
+        except Exception as err:
+            result.error = f"{type(err).__name__}: {err}"
+            if isinstance(err, UserError):
+                log.error("%s failed: %s", job.label, err)
+            else:
+                log.exception("%s failed (a bug; the next one runs): %s", job.label, err)
+        except BaseException:
+            result.error, result.interrupted = "interrupted", True
+            if on_result is not None:
+                on_result(result)
+            raise
+        results.append(result)
+        if on_result is not None:
+            on_result(result)
+    return results
+
+
+def seed_configs(cfg: DictConfig, seeds: int) -> list[DictConfig]:
+    """``seeds`` copies of ``cfg`` that differ only in ``run.seed`` (``run.seed``, ``run.seed + 1``, ...)
+    and ``run.name`` (``<run.name or model-time>-s<seed>``): repeated runs of one configuration."""
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    if cfg.run.resume:
+        raise ConfigError("--seeds starts new runs; resume each run on its own with run.resume=<run folder>")
+    base = cfg.run.name or new_run_id(cfg.model.name, Path(cfg.run.dir))
+    configs = []
+    for seed in range(cfg.run.seed, cfg.run.seed + seeds):
+        one = OmegaConf.merge(cfg, {"run": {"seed": seed, "name": f"{base}-s{seed}"}})
+        validate(one)
+        configs.append(one)
+    return configs
+
+
+def train_seeds(cfg: DictConfig, seeds: int, *, command: str | None = None) -> list[JobResult]:
+    """Train the same configuration once per seed (:func:`seed_configs`); inputs are checked once up
+    front, then :func:`train_many`'s policy applies (a failed seed does not cost the others)."""
+    configs = seed_configs(cfg, seeds)
+    check_inputs(cfg)
+    return train_many(Job(f"seed {one.run.seed} ({Path(one.run.dir) / one.run.name})", one, command) for one in configs)
 
 
 @dataclass
@@ -72,21 +181,26 @@ def run_pipeline(
     for cfg in configs.values():
         check_inputs(cfg)
     result = PipelineResult(report=Path(out))
-    for index, (preset, cfg) in enumerate(configs.items(), start=1):
-        log.info("=== pipeline model %d/%d: %s ===", index, len(models), preset)
-        try:
-            after_fit = new_images_step(cfg.run.new_images) if cfg.run.new_images else None
-            summary = train(cfg, command=f"poetry run pipeline (model {preset})", after_fit=after_fit)
-            result.runs[preset] = summary.run_dir
-        except KeyboardInterrupt:
-            raise
-        except Exception as err:  # one broken model must not sink the study
-            log.exception("model %s failed: %s", preset, err)
-            result.failed[preset] = f"{type(err).__name__}: {err}"
+    jobs = [Job(preset, cfg, f"poetry run pipeline (model {preset})") for preset, cfg in configs.items()]
+    for done in train_many(_announced(jobs)):
+        if done.summary is not None:
+            result.runs[done.job.label] = done.summary.run_dir
+        else:
+            result.failed[done.job.label] = str(done.error)
     if not result.runs:
-        raise RuntimeError(f"every model failed: {result.failed}")
+        raise PipelineError(f"every model failed: {'; '.join(f'{k}: {v}' for k, v in result.failed.items())}")
     result.report = report_cli([Path(p) for p in result.runs.values()], Path(out), include_new_image_figures=True)
     if result.failed:
         log.error("finished with failures: %s", result.failed)
     log.info("study done: %d model(s) trained, report %s", len(result.runs), result.report)
     return result
+
+
+def _announced(jobs: list[Job]) -> Iterable[Job]:
+    for index, job in enumerate(jobs, start=1):
+        log.info("=== pipeline model %d/%d: %s ===", index, len(jobs), job.label)
+        yield job
+
+
+class PipelineError(UserError):
+    """No model of the study could be trained (each failure was logged above)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,9 +32,9 @@ from research.config import (
     load_saved_config,
     parse_overrides,
 )
-from research.predict import new_images_step
+from research.errors import InputFileError
+from research.pipeline import Job, JobResult, train_many
 from research.tracking.runs import RunFolder, write_json
-from research.train import train
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def load_sweep_yaml(path: str | Path) -> dict[str, Any]:
     """Read a sweep YAML and check it with W&B's schema and against the config keys."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"sweep file {path} not found; see sweeps/ for examples")
+        raise InputFileError(f"sweep file {path} not found; see sweeps/ for examples")
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -165,105 +165,128 @@ def run_local_sweep(
     root: str | Path = "runs/sweeps",
     seed: int | None = None,
 ) -> SweepResult:
-    """Run up to ``count`` trials of a sweep YAML in this process.
+    """Run up to ``count`` new trials of a sweep YAML in this process (interrupted or failed trials of
+    an earlier invocation with the same ``sweep_id`` run again first, with their parameters).
 
     ``seed`` fixes the search engine's proposals (random/bayes); ``None`` draws fresh ones.
     """
-    sw = _sweeps()
-    config = load_sweep_yaml(sweep_yaml)
-    metric = config.get("metric", {}).get("name", "val/macro_f1")
-    goal = config.get("metric", {}).get("goal", "maximize")
-    preset, fixed = command_preset_and_overrides(config.get("command") or [])
-    user = parse_overrides(overrides)
-    check_inputs(load_config(preset, [*fixed, *user]))  # fail now, not in trial 3
-    swept = set(config["parameters"])
-    clash = [o.split("=", 1)[0] for o in user if o.split("=", 1)[0] in swept]
-    if clash:
-        log.warning("overrides %s are swept parameters; the sweep's values win", clash)
+    sweep = LocalSweep(sweep_yaml, overrides=overrides, sweep_id=sweep_id, root=root, seed=seed)
+    try:
+        train_many(sweep.jobs(count), on_result=sweep.record)
+    except KeyboardInterrupt:
+        log.warning(
+            "sweep interrupted; finished trials are kept in %s. Continue it with the same command and "
+            "--sweep-id %s (the interrupted trial resumes)", sweep.folder, sweep.sweep_id,
+        )
+        raise
+    log.info("sweep %s done: %d trials; best %s", sweep.sweep_id, len(sweep.result.trials), sweep.result.best)
+    return sweep.result
 
-    check_sweep_values(Path(sweep_yaml), config, preset, [*fixed, *user])
 
-    sweep_id = sweep_id or f"{Path(sweep_yaml).stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    folder = Path(root) / sweep_id
-    sweep_config = sw.SweepConfig(config)
-    result = SweepResult(folder)
-    runs, reruns = _continue(folder, config, metric, result, sw) if (folder / "trials.csv").exists() else ([], [])
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "sweep.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    engine_rng = EngineRandomness(seed)
-    new = 0
-    while True:
-        if reruns:  # interrupted or failed trials of an earlier invocation run again first, same parameters
-            previous = reruns.pop(0)
-            suggestion, index = previous["run"], previous["trial"] - 1
-            result.trials = [t for t in result.trials if t["trial"] != previous["trial"]]
-        else:
-            if new >= count:
-                break
-            with engine_rng:
-                suggestion = sw.next_run(sweep_config, runs, validate=False)
-            if suggestion is None:
-                log.info("sweep %s: search space exhausted after %d trials", sweep_id, len(result.trials))
-                break
-            new += 1
-            index = max((t["trial"] for t in result.trials), default=0)
-            suggestion.name = f"{sweep_id}-t{index + 1:02d}"
-            runs.append(suggestion)
+class LocalSweep:
+    r"""One local sweep: its checked YAML, the search engine's history, and the trials' record.
+
+    :meth:`jobs` proposes trials (reruns first, then the engine's next points) as :class:`Job`\ s for
+    :func:`research.pipeline.train_many`; :meth:`record` writes each result to ``trials.csv`` and
+    ``best.json`` and tells the engine.
+    """
+
+    def __init__(self, sweep_yaml: str | Path, *, overrides: Sequence[str], sweep_id: str | None, root: str | Path, seed: int | None) -> None:
+        self.sw = _sweeps()
+        self.config = load_sweep_yaml(sweep_yaml)
+        self.metric = self.config.get("metric", {}).get("name", "val/macro_f1")
+        self.goal = self.config.get("metric", {}).get("goal", "maximize")
+        self.preset, fixed = command_preset_and_overrides(self.config.get("command") or [])
+        user = parse_overrides(overrides)
+        check_inputs(load_config(self.preset, [*fixed, *user]))  # fail now, not in trial 3
+        clash = [o.split("=", 1)[0] for o in user if o.split("=", 1)[0] in self.config["parameters"]]
+        if clash:
+            log.warning("overrides %s are swept parameters; the sweep's values win", clash)
+        check_sweep_values(Path(sweep_yaml), self.config, self.preset, [*fixed, *user])
+        self.base = [*fixed, *user]
+        self.sweep_id = sweep_id or f"{Path(sweep_yaml).stem}-{datetime.now():%Y%m%d-%H%M%S}"
+        self.folder = Path(root) / self.sweep_id
+        self.engine_config = self.sw.SweepConfig(self.config)
+        self.result = SweepResult(self.folder)
+        self.runs, self.reruns = (
+            _continue(self.folder, self.config, self.metric, self.result, self.sw) if (self.folder / "trials.csv").exists() else ([], [])
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / "sweep.yaml").write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.rng = EngineRandomness(seed)
+        self.new = 0
+        self.current: dict[str, Any] = {}  # the trial being trained: its row and the engine's run
+
+    def jobs(self, count: int) -> Iterator[Job]:
+        """Trials to train: interrupted or failed ones of an earlier invocation first (same parameters),
+        then up to ``count`` new proposals of the engine; stops early when the space is exhausted."""
+        while True:
+            if self.reruns:
+                previous = self.reruns.pop(0)
+                suggestion, index = previous["run"], previous["trial"] - 1
+                self.result.trials = [t for t in self.result.trials if t["trial"] != previous["trial"]]
+            else:
+                if self.new >= count:
+                    return
+                with self.rng:
+                    suggestion = self.sw.next_run(self.engine_config, self.runs, validate=False)
+                if suggestion is None:
+                    log.info("sweep %s: search space exhausted after %d trials", self.sweep_id, len(self.result.trials))
+                    return
+                self.new += 1
+                index = max((t["trial"] for t in self.result.trials), default=0)
+                suggestion.name = f"{self.sweep_id}-t{index + 1:02d}"
+                self.runs.append(suggestion)
+            yield self._job(suggestion, index, count)
+
+    def _job(self, suggestion: Any, index: int, count: int) -> Job:
         params = {k: _plain(v["value"]) for k, v in suggestion.config.items()}
-        run_name = suggestion.name
-        suggestion.state = sw.RunState.running
+        suggestion.state = self.sw.RunState.running
         suggestion.history = []
-        trial_dir = folder / "trials" / run_name
+        trial_dir = self.folder / "trials" / suggestion.name
         if (trial_dir / "last.pt").exists():  # an interrupted trial continues from its last epoch
             cfg = load_saved_config(trial_dir / "config.yaml", [f"run.resume={trial_dir}"])
         else:
-            items = [*fixed, *user, *(f"{k}={v}" for k, v in params.items())]
-            items += [f"run.dir={folder / 'trials'}", f"run.name={run_name}", f"wandb.group={sweep_id}"]
-            cfg = load_config(preset, items)
-        log.info("sweep %s trial %d (%d new of %d): %s", sweep_id, index + 1, new, count, params)
+            items = [*self.base, *(f"{k}={v}" for k, v in params.items())]
+            items += [f"run.dir={self.folder / 'trials'}", f"run.name={suggestion.name}", f"wandb.group={self.sweep_id}"]
+            cfg = load_config(self.preset, items)
+        log.info("sweep %s trial %d (%d new of %d): %s", self.sweep_id, index + 1, self.new, count, params)
+        self.current = {"row": {"trial": index + 1, "run_id": suggestion.name, **params}, "run": suggestion}
+        command = " ".join(build_agent_command(self.config, params))
+        return Job(f"trial {suggestion.name}", cfg, command, on_epoch=self._on_epoch)
 
-        def on_epoch(row: dict[str, float], run=suggestion) -> bool:
-            run.history.append({metric: row[metric], "epoch": row["epoch"]})
-            if "early_terminate" not in config:
-                return False
-            with engine_rng:
-                to_stop = sw.stop_runs(sweep_config, runs, validate=False)
-            return any(r.name == run.name for r in to_stop)
+    def _on_epoch(self, row: dict[str, float]) -> bool:
+        """Feed the epoch to the engine; True when hyperband stops the trial here."""
+        run = self.current["run"]
+        run.history.append({self.metric: row[self.metric], "epoch": row["epoch"]})
+        if "early_terminate" not in self.config:
+            return False
+        with self.rng:
+            to_stop = self.sw.stop_runs(self.engine_config, self.runs, validate=False)
+        return any(r.name == run.name for r in to_stop)
 
-        trial: dict[str, Any] = {"trial": index + 1, "run_id": run_name, **params}
-        try:
-            summary = train(
-                cfg, command=" ".join(build_agent_command(config, params)), on_epoch=on_epoch,
-                after_fit=new_images_step(cfg.run.new_images) if cfg.run.new_images else None,
-            )
-        except KeyboardInterrupt:
-            suggestion.state = sw.RunState.killed
+    def record(self, result: JobResult) -> None:
+        """The trial's state and metric in ``trials.csv`` / ``best.json``, and the engine's run updated."""
+        trial, run, sw = self.current["row"], self.current["run"], self.sw
+        if result.interrupted:
+            run.state = sw.RunState.killed
             trial.update(state="interrupted", metric=None)
-            result.trials.append(trial)
-            _write_table(folder, result, metric, goal)
-            log.warning(
-                "sweep interrupted; finished trials are kept in %s. Continue it with the same command and "
-                "--sweep-id %s (the interrupted trial resumes)", folder, sweep_id,
-            )
-            raise
-        except Exception as err:  # a failed trial is recorded; the sweep goes on
-            log.error("trial %s failed: %s", run_name, err)
-            suggestion.state = sw.RunState.failed
-            trial.update(state="failed", metric=None, error=str(err)[:200])
+        elif result.summary is None:
+            run.state = sw.RunState.failed
+            trial.update(state="failed", metric=None, error=str(result.error)[:200])
         else:
-            value = summary.best.get(metric) if metric.startswith("val/") else getattr(summary, metric, None)
+            summary = result.summary
+            value = summary.best.get(self.metric) if self.metric.startswith("val/") else getattr(summary, self.metric, None)
+            run.state = sw.RunState.finished
+            run.summary_metrics = {self.metric: value}
             stopped = summary.stopped_early_by == "sweep"
-            suggestion.state = sw.RunState.finished
-            suggestion.summary_metrics = {metric: value}
             trial.update(
                 state="stopped (hyperband)" if stopped else "finished", metric=value,
                 epochs=summary.epochs_run, run_dir=summary.run_dir,
             )
-        result.trials.append(trial)
-        result.trials.sort(key=lambda t: t["trial"])
-        _write_table(folder, result, metric, goal)
-    log.info("sweep %s done: %d trials; best %s", sweep_id, len(result.trials), result.best)
-    return result
+        self.result.trials.append(trial)
+        self.result.trials.sort(key=lambda t: t["trial"])
+        _write_table(self.folder, self.result, self.metric, self.goal)
 
 
 def _continue(

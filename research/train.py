@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,35 +23,41 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
-from research import builders
-from research.config import ConfigError, check_inputs, flatten, to_yaml, validate
-from research.data.classes import CANONICAL_CLASSES
-from research.engine.distributed import Distributed
-from research.engine.trainer import (
-    EpochOutput,
-    Trainer,
-    measure_latency,
-    resolve_device,
-    seed_everything,
+from research import plots
+from research.builders.data import DISTRIBUTED_BALANCED, build_eval_loader, build_loaders, load_data
+from research.builders.model import (
+    Stats,
+    build_model,
+    eval_transform,
+    normalization,
+    restore_run_source,
+    train_transform,
 )
-from research.inference import (
+from research.builders.training import build_trainer
+from research.config import ConfigError, check_inputs, flatten, to_yaml
+from research.data.classes import CANONICAL_CLASSES
+from research.data.datasets import DataBundle
+from research.engine.distributed import Distributed
+from research.engine.runtime import measure_latency, resolve_device, seed_everything
+from research.engine.trainer import EpochOutput, Trainer
+from research.inference.evaluation import (
     Evaluation,
     evaluate_scores,
-    predict_logits,
     write_evaluation,
     write_predictions,
 )
-from research.models.classifier import count_parameters
+from research.inference.loaded import predict_logits
+from research.models.classifier import FERClassifier, count_parameters
+from research.tracking.recorder import RunRecorder
 from research.tracking.runs import (
+    RunExistsError,
     RunFolder,
     RunFolderError,
     new_run_id,
     read_checkpoint,
-    write_json,
 )
 from research.tracking.summary import (
     FAILED,
-    FINISHED,
     INTERRUPTED,
     SUMMARY_METRICS,
     SYNTHETIC_DATASET,
@@ -120,7 +125,7 @@ def new_run_path(cfg: DictConfig) -> Path:
         raise RunFolderError(f"{run.path} is a file, not a run folder; choose another run.name or run.dir")
     if run.path.exists() and any(run.path.iterdir()):
         if run.last_path.exists() or run.best_path.exists():
-            raise FileExistsError(
+            raise RunExistsError(
                 f"run folder {run.path} exists; choose another run.name or resume it with run.resume={run.path}"
             )
         log.info("run folder %s holds no completed epoch (an earlier start failed); starting it afresh", run.path)
@@ -151,13 +156,9 @@ def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> E
     return evaluate_scores(logits.numpy(), target.numpy(), list(CANONICAL_CLASSES), loss=loss_sum / max(len(target), 1))
 
 
-def write_final_evaluation(
-    run: RunFolder, trainer: Trainer, val_loader: DataLoader, *, label: str, wandb_run: WandbRun
-) -> Evaluation:
+def write_final_evaluation(run: RunFolder, trainer: Trainer, val_loader: DataLoader, *, label: str, recorder: RunRecorder) -> Evaluation:
     """Evaluate best.pt on validation; write the report, confusion matrices, per-image predictions
     (val_predictions.npz, for the report's paired tests and confidence intervals), curves, reliability; log them."""
-    from research import plots
-
     evaluation = evaluate_best(run, trainer, val_loader)
     write_predictions(evaluation, run.val_predictions)
     figures = write_evaluation(
@@ -169,9 +170,10 @@ def write_final_evaluation(
     for path in plots.plot_curves(trainer.state.history, run.figures, title_suffix=f"({label})",
                                   best_epoch=trainer.state.best_epoch, train_label=train_label):
         figures[f"figures/{path.stem}"] = path
-    wandb_run.log_confusion(evaluation.targets, evaluation.preds, evaluation.class_names)
-    wandb_run.log_images(figures)
-    wandb_run.log_classification_report(evaluation.report_dict)
+    recorder.evaluation(
+        targets=evaluation.targets, preds=evaluation.preds, class_names=evaluation.class_names,
+        report=evaluation.report_dict, figures=figures,
+    )
     return evaluation
 
 
@@ -187,7 +189,7 @@ def train(
     ``on_epoch(row)`` is called after every epoch with the history row; returning True
     stops the run there (the sweep runner's hyperband early termination).
     ``after_fit(run, wandb_run)`` runs once the run is finished and summarised, before its
-    W&B run closes (``research.predict.new_images_step`` scores new images there).
+    W&B run closes (``research.pipeline.train_with_new_images`` scores new images there).
 
     Started by ``torchrun`` with several processes, every rank trains its shard of the data through
     DistributedDataParallel; rank 0 alone writes the run folder, talks to W&B, runs the final
@@ -196,7 +198,7 @@ def train(
     check_inputs(cfg)
     distributed = Distributed.from_env()
     if distributed.enabled and cfg.data.sampler == "balanced":
-        raise ConfigError(builders.DISTRIBUTED_BALANCED)
+        raise ConfigError(DISTRIBUTED_BALANCED)
     seed_everything(cfg.run.seed, deterministic=cfg.train.deterministic)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -216,43 +218,76 @@ def _train(
     on_epoch: Callable[[dict[str, float]], bool] | None,
     after_fit: AfterFit | None,
 ) -> RunSummary:
+    """Assemble the run's components (folder, model, data, loaders, recorder, trainer), then fit."""
     run, resume_ckpt = open_run_folder(cfg, distributed)
-    model = builders.build_model(cfg)
+    model = build_model(cfg)
     if resume_ckpt is not None:
-        builders.restore_run_source(model, resume_ckpt)
-    mean, std = builders.normalization(cfg, model)
-    bundle = builders.load_data(cfg, val_files=run.val_split_files())
-    val_split = carved_val_split(cfg, bundle)
-    # The folder is made only now: nothing before this point leaves anything behind.
-    if distributed.is_main:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.write_text("config.yaml", to_yaml(cfg))
-        if val_split is not None:  # the same validation images on resume, in evaluate and in the report
-            write_json(run.val_split_path, {**val_split, "files": list(bundle.val.names)})
+        restore_run_source(model, resume_ckpt)
+    mean, std = normalization(cfg, model)
+    bundle = load_data(cfg, val_files=run.val_split_files())
     label = SYNTHETIC_DATASET if bundle.synthetic else bundle.name
-    bundle.train.transform = builders.train_transform(cfg, mean, std)
-    bundle.val.transform = builders.eval_transform(cfg, mean, std)
-    train_loader, val_loader = builders.build_loaders(
+    bundle.train.transform = train_transform(cfg, mean, std)
+    bundle.val.transform = eval_transform(cfg, mean, std)
+    train_loader, val_loader = build_loaders(
         bundle, cfg, seed=cfg.run.seed, rank=distributed.rank, world_size=distributed.world_size, device=device
     )
     if train_loader.num_workers:
         log.info("data loading: %d worker processes (data.num_workers=%s)", train_loader.num_workers, cfg.data.num_workers)
     # The final evaluation scores the whole validation set in one process (rank 0).
-    final_loader = builders.build_eval_loader(bundle.val, cfg, device) if distributed.enabled else val_loader
+    final_loader = build_eval_loader(bundle.val, cfg, device) if distributed.enabled else val_loader
+    recorder = new_recorder(
+        cfg, run, model, bundle, label=label, stats=(mean, std), device=device, distributed=distributed,
+        data_workers=train_loader.num_workers, command=command, resume_ckpt=resume_ckpt,
+    )
+    # The folder is made only now: nothing before this point leaves anything behind.
+    recorder.start(to_yaml(cfg), carved_val_split(cfg, bundle), bundle.val.names)
 
+    def on_epoch_end(row: dict[str, float], _: EpochOutput) -> bool:
+        """Rank 0 records the epoch and asks the callback; every rank gets its decision to stop."""
+
+        def record() -> bool:
+            recorder.epoch(trainer.state.history)
+            return bool(on_epoch(row)) if on_epoch is not None else False
+
+        return distributed.on_main(record)
+
+    trainer = build_trainer(
+        cfg, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(train_loader), device=device,
+        checkpoint_fn=recorder.save_checkpoint if distributed.is_main else None, on_epoch_end=on_epoch_end,
+        distributed=distributed, progress=None if distributed.is_main else False,
+    )
+    if resume_ckpt is not None:
+        trainer.load_checkpoint(resume_ckpt)
+    summary = recorder.summary
+    log.info(
+        "run %s: %s (%s, %.2f M params, %.2f M trainable) on %s, %s, %d train / %d val images",
+        run.run_id, cfg.model.name, model.pretrained_source, summary.params_total / 1e6, summary.params_trainable / 1e6,
+        device, label, len(bundle.train), len(bundle.val),
+    )
+    return _fit(cfg, run, trainer, (train_loader, val_loader, final_loader), recorder, distributed,
+                label=label, after_fit=after_fit)
+
+
+def new_recorder(
+    cfg: DictConfig, run: RunFolder, model: FERClassifier, bundle: DataBundle, *, label: str, stats: Stats,
+    device: torch.device, distributed: Distributed, data_workers: int, command: str | None,
+    resume_ckpt: dict[str, Any] | None,
+) -> RunRecorder:
+    """The run's recorder: its summary (what is known before training), its W&B run and what every
+    checkpoint carries."""
     total, trainable = count_parameters(model)
     summary = RunSummary(
         run_id=run.run_id, model=cfg.model.name,
         dataset=DatasetSummary(
             root=bundle.root, name=label, synthetic=bundle.synthetic, train_images=len(bundle.train),
             val_images=len(bundle.val), class_counts=bundle.class_counts,
-            skipped_files=[str(p) for p, _ in bundle.skipped], val_split=val_split,
+            skipped_files=[str(p) for p, _ in bundle.skipped], val_split=carved_val_split(cfg, bundle),
         ),
         pretrained=model.pretrained_source, mode=cfg.model.mode, class_names=list(CANONICAL_CLASSES),
         params_total=total, params_trainable=trainable, seed=cfg.run.seed, git_commit=git_commit(),
         command=command or " ".join(sys.argv), created=datetime.now().isoformat(timespec="seconds"),
-        env=environment(device, distributed.world_size, train_loader.num_workers), image_size=cfg.data.image_size, channels=cfg.data.channels,
-        epochs_planned=cfg.train.epochs, monitor=cfg.train.monitor, run_dir=str(run.path),
+        env=environment(device, distributed.world_size, data_workers), image_size=cfg.data.image_size,
+        channels=cfg.data.channels, epochs_planned=cfg.train.epochs, monitor=cfg.train.monitor, run_dir=str(run.path),
     )
     wandb_run = WandbRun(
         run_id=run.run_id, run_dir=run.path, config=flatten(cfg), mode=cfg.wandb.mode, project=cfg.wandb.project,
@@ -261,67 +296,48 @@ def _train(
         history=resume_ckpt["trainer"]["history"] if resume_ckpt is not None else (),
         enabled=distributed.is_main,
     )
+    mean, std = stats
     checkpoint_meta = {
         "config": OmegaConf.to_container(cfg), "class_names": list(CANONICAL_CLASSES), "model_name": cfg.model.name,
         "mean": list(mean), "std": list(std), "pretrained_source": model.pretrained_source,
     }
+    return RunRecorder(run, summary, wandb_run, checkpoint_meta=checkpoint_meta, enabled=distributed.is_main)
 
-    def save(name: str, state: dict[str, Any]) -> None:
-        if name == "best":  # inference needs the weights and the metadata, not the optimiser
-            state = {"model": state["model"], "epoch": state["trainer"]["epoch"]}
-        run.save_checkpoint(run.path / f"{name}.pt", {**state, **checkpoint_meta})
 
-    def on_epoch_end(row: dict[str, float], _: EpochOutput) -> bool:
-        """Rank 0 records the epoch and asks the callback; every rank gets its decision to stop."""
-
-        def record() -> bool:
-            run.write_history(trainer.state.history)
-            wandb_run.log_epoch(row)
-            return bool(on_epoch(row)) if on_epoch is not None else False
-
-        return distributed.on_main(record)
-
-    trainer = builders.build_trainer(
-        cfg, model, class_counts=bundle.train.class_counts, steps_per_epoch=len(train_loader), device=device,
-        checkpoint_fn=save if distributed.is_main else None, on_epoch_end=on_epoch_end,
-        distributed=distributed, progress=None if distributed.is_main else False,
-    )
-    if resume_ckpt is not None:
-        trainer.load_checkpoint(resume_ckpt)
-    log.info(
-        "run %s: %s (%s, %.2f M params, %.2f M trainable) on %s, %s, %d train / %d val images",
-        run.run_id, cfg.model.name, model.pretrained_source, total / 1e6, trainable / 1e6, device, label,
-        len(bundle.train), len(bundle.val),
-    )
+def _fit(
+    cfg: DictConfig, run: RunFolder, trainer: Trainer, loaders: tuple[DataLoader, DataLoader, DataLoader],
+    recorder: RunRecorder, distributed: Distributed, *, label: str, after_fit: AfterFit | None,
+) -> RunSummary:
+    """Train, evaluate best.pt and conclude; an interrupted or failed run is recorded as such."""
+    train_loader, val_loader, final_loader = loaders
     start = time.perf_counter()
     try:
         trainer.fit(train_loader, val_loader)
         evaluation = distributed.on_main(
-            lambda: write_final_evaluation(run, trainer, final_loader, label=label, wandb_run=wandb_run)
+            lambda: write_final_evaluation(run, trainer, final_loader, label=label, recorder=recorder)
         )
     except KeyboardInterrupt:
+        recorder.end(INTERRUPTED, epochs=trainer.state.epoch, exit_code=130)
         if distributed.is_main:
-            _record_end(run, summary, INTERRUPTED, trainer, wandb_run, exit_code=130)
             log.warning("interrupted after %d completed epoch(s); last.pt holds them. Resume: poetry run train run.resume=%s", trainer.state.epoch, run.path)
         raise
     except BaseException as err:
-        if distributed.is_main:
-            _record_end(run, summary, FAILED, trainer, wandb_run, exit_code=1, error=f"{type(err).__name__}: {err}")
+        recorder.end(FAILED, epochs=trainer.state.epoch, exit_code=1, error=f"{type(err).__name__}: {err}")
         raise
     return distributed.on_main(
-        lambda: _conclude(cfg, run, summary, trainer, evaluation, wandb_run, label=label, start=start, after_fit=after_fit)
+        lambda: _conclude(cfg, run, trainer, evaluation, recorder, label=label, start=start, after_fit=after_fit)
     )
 
 
 def _conclude(
-    cfg: DictConfig, run: RunFolder, summary: RunSummary, trainer: Trainer, evaluation: Evaluation,
-    wandb_run: WandbRun, *, label: str, start: float, after_fit: AfterFit | None,
+    cfg: DictConfig, run: RunFolder, trainer: Trainer, evaluation: Evaluation, recorder: RunRecorder, *,
+    label: str, start: float, after_fit: AfterFit | None,
 ) -> RunSummary:
     """Fill in and write the summary of a finished run, run ``after_fit`` and close its W&B run (rank 0)."""
     state = trainer.state
     best_row = next(r for r in state.history if r["epoch"] == state.best_epoch)
     last_row = state.history[-1]
-    summary.status = FINISHED
+    summary = recorder.summary
     summary.best_epoch = state.best_epoch
     summary.stopped_early_by = {"callback": "sweep", "early_stopping": "early_stopping"}.get(state.stopped_by or "")
     summary.epochs_run = state.epoch
@@ -333,84 +349,10 @@ def _conclude(
         measure_latency(trainer.model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)), 3
     )
     summary.wall_seconds = round(time.perf_counter() - start, 3)
-    summary.wandb = {"mode": wandb_run.mode, "offline_dir": wandb_run.offline_dir, "project": cfg.wandb.project}
-    run.write_summary(summary.to_dict())
-    try:
-        if after_fit is not None:
-            after_fit(run, wandb_run)
-        wandb_run.update_summary(summary.to_wandb())
-        if cfg.wandb.log_model:
-            wandb_run.log_model(run.best_path, name=f"model-{run.run_id}", metadata={"model": cfg.model.name, **summary.best})
-    finally:
-        wandb_run.finish()
+    summary.wandb = {"mode": recorder.wandb.mode, "offline_dir": recorder.wandb.offline_dir, "project": cfg.wandb.project}
+    recorder.finish(log_model=cfg.wandb.log_model, model_metadata={"model": cfg.model.name, **summary.best}, after=after_fit)
     log.info(
         "finished %s: best epoch %d  val acc %.3f  top2 %.3f  macro-F1 %.3f  (%s)",
         run.path, state.best_epoch, summary.best["val/acc"], summary.best["val/top2"], summary.best["val/macro_f1"], label,
     )
     return summary
-
-
-@dataclass
-class SeedResult:
-    """One run of :func:`train_seeds`: its summary, or the error that ended it."""
-
-    seed: int
-    run_dir: Path
-    summary: RunSummary | None = None
-    error: str | None = None
-
-
-def seed_configs(cfg: DictConfig, seeds: int) -> list[DictConfig]:
-    """``seeds`` copies of ``cfg`` that differ only in ``run.seed`` (``run.seed``, ``run.seed + 1``, ...)
-    and ``run.name`` (``<run.name or model-time>-s<seed>``): repeated runs of one configuration."""
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    if cfg.run.resume:
-        raise ConfigError("--seeds starts new runs; resume each run on its own with run.resume=<run folder>")
-    base = cfg.run.name or new_run_id(cfg.model.name, Path(cfg.run.dir))
-    configs = []
-    for seed in range(cfg.run.seed, cfg.run.seed + seeds):
-        one = OmegaConf.merge(cfg, {"run": {"seed": seed, "name": f"{base}-s{seed}"}})
-        validate(one)
-        configs.append(one)
-    return configs
-
-
-def train_seeds(
-    cfg: DictConfig, seeds: int, *, command: str | None = None, after_fit: AfterFit | None = None
-) -> list[SeedResult]:
-    """Train the same configuration once per seed (see :func:`seed_configs`).
-
-    The inputs are checked once up front; after that a seed that fails is logged and recorded in
-    its result and the next seed still runs (Ctrl-C stops them all).
-    """
-    configs = seed_configs(cfg, seeds)
-    check_inputs(cfg)
-    results = []
-    for one in configs:
-        result = SeedResult(seed=one.run.seed, run_dir=Path(one.run.dir) / one.run.name)
-        try:
-            result.summary = train(one, command=command, after_fit=after_fit)
-        except ConfigError:  # the configuration, not the seed: every other seed would fail the same way
-            raise
-        except Exception as err:  # one failed seed must not cost the others
-            result.error = f"{type(err).__name__}: {err}"
-            log.error("seed %d (%s) failed: %s", result.seed, result.run_dir, result.error)
-        results.append(result)
-    return results
-
-
-def _record_end(
-    run: RunFolder, summary: RunSummary, status: str, trainer: Trainer, wandb_run: WandbRun, *, exit_code: int,
-    error: str | None = None,
-) -> None:
-    """Mark the run interrupted or failed wherever anything can still be written; never mask the cause."""
-    summary.status, summary.epochs_run, summary.error = status, trainer.state.epoch, error
-    try:
-        run.write_summary(summary.to_dict())
-    except OSError as err:
-        log.error("could not record the run as %s in %s: %s", status, run.summary_path, err)
-    try:
-        wandb_run.finish(exit_code=exit_code)
-    except Exception as err:  # the W&B record must not hide why the run ended
-        log.error("W&B could not close the run: %s", err)

@@ -19,7 +19,7 @@ from tests.conftest import FAST
 
 pytest.importorskip("dlib", reason="the align extra (poetry install --extras align) is not installed")
 
-from research.align import (  # noqa: E402
+from research.faces.align import (
     AlignedCrop,
     AlignUnavailableError,
     LandmarkAligner,
@@ -27,7 +27,7 @@ from research.align import (  # noqa: E402
     check_available,
     eye_centres,
 )
-from research.faces import NoFaceFoundError  # noqa: E402
+from research.faces.geometry import NoFaceFoundError  # noqa: E402
 
 INSTALL_HINT = "poetry install --extras align"
 
@@ -162,8 +162,8 @@ def test_predict_face_all_side_by_side(trained_run, face_folder, tmp_path) -> No
 
 
 def test_evaluate_with_aligned_faces(trained_run, face_folder, tmp_path) -> None:
-    from research.evaluate import evaluate_run
-    from research.inference import load_run
+    from research.inference.evaluate import evaluate_run
+    from research.inference.loaded import load_run
 
     result = evaluate_run(load_run(trained_run), face_folder, face="aligned", out=tmp_path / "eval")
     assert result.name == "photos-aligned"
@@ -192,19 +192,20 @@ def test_train_with_aligned_face_crop(tmp_path, tiny_dataset, caplog) -> None:
 
 
 def test_face_crop_step_pickles_as_its_factory(tiny_dataset) -> None:
-    from research.builders import dataset_face_crop
     from research.config import load_config
+    from research.faces.factory import face_crop_step
 
-    step = dataset_face_crop(load_config(None, ["data.face_crop=aligned"]))
+    cfg = load_config(None, ["data.face_crop=aligned"])
+    step = face_crop_step(cfg.data.face_crop, cfg.faces)
     image = np.full((60, 60, 3), 90, np.uint8)
     assert np.array_equal(step(image), image) and step.reset_counts() == (0, 1)
     clone = pickle.loads(pickle.dumps(step))
     assert isinstance(clone.cropper, LandmarkAligner) and clone.label == "aligned"
-    assert dataset_face_crop(load_config(None, [])) is None
+    assert face_crop_step(load_config(None, []).data.face_crop, cfg.faces) is None
 
 
 def test_report_shows_raw_haar_aligned_side_by_side(trained_run, face_folder, tmp_path) -> None:
-    from research.predict import predict_folder
+    from research.inference.predict import predict_folder
     from research.report import report_cli
 
     run = tmp_path / "runs" / "trained"

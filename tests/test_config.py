@@ -79,7 +79,7 @@ def test_num_workers_auto_resolves_per_device(monkeypatch):
     config error naming the key."""
     import torch
 
-    from research import builders
+    from research.builders import data as builders
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
     cfg = load_config(None)

@@ -18,8 +18,8 @@ from torch.utils.data import DistributedSampler
 
 from research.config import ConfigError, load_config
 from research.engine.distributed import Distributed
-from research.evaluate import evaluate_run
-from research.inference import load_run
+from research.inference.evaluate import evaluate_run
+from research.inference.loaded import load_run
 from research.tracking.runs import RunFolder
 from research.train import train
 from tests.conftest import FAST

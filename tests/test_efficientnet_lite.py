@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from research.builders import build_model
+from research.builders.model import build_model
 from research.config import load_config
 from research.models import create_model
 from research.models.backbones import PretrainedWeightsError

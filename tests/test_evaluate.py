@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from research.data.datasets import DatasetLayoutError
-from research.evaluate import evaluate_run, find_labelled_images
-from research.inference import load_run
+from research.inference.evaluate import evaluate_run, find_labelled_images
+from research.inference.loaded import load_run
 from tests.conftest import SHARED_DATA
 
 

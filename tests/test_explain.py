@@ -16,10 +16,10 @@ from PIL import Image
 
 from research.cli import predict_main
 from research.data.demo import write_demo_new_images
-from research.explain import DISPLAY_MIN, GradCamError, explain_run, gradcam_maps, overlay
-from research.inference import load_run, predict_arrays
+from research.inference.explain import DISPLAY_MIN, GradCamError, explain_run, gradcam_maps, overlay
+from research.inference.loaded import load_run, predict_arrays
+from research.inference.predict import predict_folder
 from research.models import cam_target_layer, create_model, list_models
-from research.predict import predict_folder
 from research.report import report_cli
 
 TIMM_MODELS = ("timm/tf_efficientnet_lite0", "timm/resnet10t", "timm/mobilenetv3_small_050")

@@ -15,7 +15,7 @@ import torch
 
 from research.cli import export_main, predict_main
 from research.data.demo import write_demo_new_images
-from research.exported import OnnxModel
+from research.inference.model_file import OnnxModel
 from tests.conftest import SHARED_DATA
 
 

@@ -7,14 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from research.faces import (
-    FaceCrop,
-    HaarFaceCropper,
-    NoFaceFoundError,
-    draw_box,
-    load_cascade,
-    square_crop_box,
-)
+from research.faces.geometry import FaceCrop, NoFaceFoundError, draw_box, square_crop_box
+from research.faces.haar import HaarFaceCropper, load_cascade
 
 
 @pytest.fixture(scope="module")

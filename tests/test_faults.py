@@ -146,7 +146,9 @@ def test_rerunning_a_sweep_keeps_finished_trials_and_reruns_the_interrupted_one(
     root = tmp_path / "sweeps"
     argv = [str(spec), "--sweep-id", "g", "--count", "2", *FAST, f"data.root={tiny_dataset}"]
     monkeypatch.setattr(sweep_mod, "run_local_sweep", _rooted(sweep_mod.run_local_sweep, root))
-    real_train, calls = sweep_mod.train, []
+    import research.pipeline as pipeline_mod
+
+    real_train, calls = pipeline_mod.train, []
 
     def ctrl_c_in_trial_2(cfg, **kwargs):
         calls.append(cfg.run.name)
@@ -154,13 +156,13 @@ def test_rerunning_a_sweep_keeps_finished_trials_and_reruns_the_interrupted_one(
             raise KeyboardInterrupt
         return real_train(cfg, **kwargs)
 
-    monkeypatch.setattr(sweep_mod, "train", ctrl_c_in_trial_2)
+    monkeypatch.setattr(pipeline_mod, "train", ctrl_c_in_trial_2)
     assert cli(sweep_main, argv) == 130
     first = _trials(root / "g")
     assert [t["state"] for t in first] == ["finished", "interrupted"]
     finished_metric = first[0]["metric"]
 
-    monkeypatch.setattr(sweep_mod, "train", real_train)
+    monkeypatch.setattr(pipeline_mod, "train", real_train)
     assert cli(sweep_main, argv) == 0
     again = _trials(root / "g")
     # trial 1 kept as it was, trial 2 rerun with the same lr, --count 2 new trials: the grid's third point, then exhausted

@@ -408,11 +408,11 @@ def test_foreign_dest_refused_and_damaged_files_repaired(tmp_path, caplog):
 
 
 def test_killed_import_is_rerun_cleanly(tmp_path, monkeypatch):
-    import research.data.importers as importers
+    from research.data.importers import writer
 
     src = write_fer2013(tmp_path / "fer2013.csv", fer_rows())
     dest = tmp_path / "out"
-    encode, calls = importers._encode, []
+    encode, calls = writer.encode, []
 
     def killed_after_five(f):
         calls.append(f)
@@ -420,7 +420,7 @@ def test_killed_import_is_rerun_cleanly(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return encode(f)
 
-    monkeypatch.setattr(importers, "_encode", killed_after_five)
+    monkeypatch.setattr(writer, "encode", killed_after_five)
     with pytest.raises(KeyboardInterrupt):
         import_dataset("fer2013", src, dest)
     partial = json.loads((dest / "manifest.json").read_text())
@@ -429,7 +429,7 @@ def test_killed_import_is_rerun_cleanly(tmp_path, monkeypatch):
     with pytest.raises(DatasetImportError, match="holds a fer2013 import"):  # still claimed by that import
         import_dataset("rafdb", write_rafdb(tmp_path / "basic"), dest)
 
-    monkeypatch.setattr(importers, "_encode", encode)
+    monkeypatch.setattr(writer, "encode", encode)
     result = import_dataset("fer2013", src, dest)
     assert (result.written, result.unchanged) == (16, 5)
     check_manifest(dest)

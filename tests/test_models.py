@@ -150,7 +150,7 @@ def test_discriminative_learning_rates(name):
     in exactly one group, weight decay on weights only; the schedule keeps the ratio."""
     from omegaconf import OmegaConf
 
-    from research.builders import build_optimizer, build_scheduler
+    from research.builders.training import build_optimizer, build_scheduler
 
     model = create_model(name, 7, in_chans=3)
     cfg = OmegaConf.create({"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9, "scheduler": "cosine",
@@ -206,7 +206,7 @@ def test_layer_wise_learning_rate_decay(name):
     group below at d times the one above, down to the stem at lr x mult x d**(L-1); every parameter once."""
     from omegaconf import OmegaConf
 
-    from research.builders import build_optimizer
+    from research.builders.training import build_optimizer
 
     model = create_model(name, 7, in_chans=3)
     cfg = OmegaConf.create({"name": "adamw", "lr": 1e-3, "weight_decay": 0.05, "momentum": 0.9,

@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 
 from research.data.datasets import load_datasets
-from research.inference import load_run, predict_arrays
-from research.predict import predict_folder, read_new_images
+from research.inference.loaded import load_run, predict_arrays
+from research.inference.predict import predict_folder, read_new_images
 from tests.conftest import SHARED_DATA
 from tests.test_plots import crop_panel_text_lines
 
@@ -123,7 +123,7 @@ def test_raw_panels_say_no_detection_ran_and_haar_panels_say_no_face(trained_run
 def test_predict_loads_no_unused_heavy_module(tmp_path):
     """``predict --wandb disabled`` imports neither W&B nor the plotting/metrics libraries it does not use."""
     script = (
-        "import sys; from pathlib import Path; import research.cli, research.predict\n"
+        "import sys; from pathlib import Path; import research.cli, research.inference.predict\n"
         "from research.tracking.wandb_log import WandbRun\n"
         f"run = WandbRun(run_id='x', run_dir=Path({str(tmp_path)!r}), config={{}}, mode='disabled')\n"
         "assert not run.enabled\n"

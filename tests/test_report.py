@@ -126,7 +126,7 @@ def prediction(image: str, mode: str, winner: str, true: str, face: bool | None)
 
 
 def add_predictions(run: RunFolder) -> None:
-    from research.predict import compare_modes
+    from research.inference.comparison import compare_modes
 
     raw = [
         prediction("anger_1.jpg", "raw", "sadness", "anger", None),

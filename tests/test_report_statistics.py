@@ -17,7 +17,7 @@ import pytest
 from research.cli import train_main
 from research.config import load_config, to_yaml
 from research.data.classes import CANONICAL_CLASSES
-from research.inference import evaluate_scores, write_predictions
+from research.inference.evaluation import evaluate_scores, write_predictions
 from research.report import report_cli
 from research.tracking.runs import RunFolder, read_json, write_json
 from tests.conftest import FAST

@@ -127,7 +127,6 @@ def test_runner_honours_early_termination(tmp_path, monkeypatch):
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 def test_bayes_proposals_differ_between_trials(tmp_path, monkeypatch):
     """Trials reseed numpy; the engine keeps its own random state, so proposals do not repeat."""
-    import research.sweep as sweep_mod
     from research.tracking.summary import RunSummary
 
     def fake_train(cfg, *, command=None, on_epoch=None, after_fit=None):
@@ -138,7 +137,9 @@ def test_bayes_proposals_differ_between_trials(tmp_path, monkeypatch):
         on_epoch({"epoch": 1, "val/macro_f1": value})
         return RunSummary(run_id="t", status="finished", best={"val/macro_f1": value}, epochs_run=1, run_dir=str(tmp_path))
 
-    monkeypatch.setattr(sweep_mod, "train", fake_train)
+    import research.pipeline as pipeline_mod
+
+    monkeypatch.setattr(pipeline_mod, "train", fake_train)
     config = {"method": "bayes", "metric": {"name": "val/macro_f1", "goal": "maximize"},
               "parameters": {"optim.lr": {"distribution": "uniform", "min": 0.001, "max": 0.1},
                              "augment.rotate_limit": {"distribution": "uniform", "min": 0, "max": 20}}}

@@ -156,7 +156,7 @@ def test_backbone_lr_mult_is_ignored_without_pretrained_weights(tmp_path, tiny_d
 
     cfg = load_config(None, [f"data.root={tiny_dataset}", f"run.dir={tmp_path}", "run.name=m", *FAST,
                              "model.name=scratch_cnn_small", "optim.backbone_lr_mult=0.1", "optim.layer_decay=0.8"])
-    with caplog.at_level(logging.INFO, logger="research.builders"):
+    with caplog.at_level(logging.INFO, logger="research.builders.training"):
         train(cfg)
     assert "optim.backbone_lr_mult=0.1 and optim.layer_decay=0.8 ignored" in caplog.text
 
@@ -333,7 +333,7 @@ def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_p
     and it trains on; a run of another model or channel count is refused at load, naming both."""
     import logging
 
-    from research import builders
+    from research.builders import model as builders
     from research.cli import train_main
     from research.config import ConfigError
 

@@ -13,7 +13,7 @@ import pytest
 from research.cli import predict_main
 from research.data.classes import CANONICAL_CLASSES
 from research.data.demo import render_demo_face
-from research.faces import HaarFaceCropper
+from research.faces.haar import HaarFaceCropper
 
 WIDTH, HEIGHT = 224, 176
 BLANK_FRAMES = (2, 7, 8, 11)  # the other 8 of 12 frames hold one demo face each

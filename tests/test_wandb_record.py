@@ -16,9 +16,9 @@ from PIL import Image
 
 from research.config import load_config
 from research.data.demo import write_demo_new_images
-from research.predict import new_images_step
+from research.inference.predict import new_images_step
 from research.tracking.runs import RunFolder
-from research.tracking.wandb_log import sync_offline_runs
+from research.tracking.wandb_offline import sync_offline_runs
 from research.train import train
 from tests.conftest import FAST
 from tests.wandb_reader import read_offline_run
@@ -118,7 +118,7 @@ def test_a_moved_run_folder_carries_everything_its_sync_needs(run_with_images, t
 
 
 def test_the_record_log_codec_round_trips_byte_for_byte(run_with_images, tmp_path):
-    from research.tracking.wandb_log import read_record_log, write_record_log
+    from research.tracking.wandb_offline import read_record_log, write_record_log
 
     original = next(offline_folder(run_with_images).glob("run-*.wandb"))
     header, raw = read_record_log(original)

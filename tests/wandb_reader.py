@@ -1,6 +1,6 @@
 """Read an offline W&B run file (``run-<id>.wandb``) back as the server would receive it.
 
-The file is W&B's record log (read by :func:`research.tracking.wandb_log.read_record_log`, whose
+The file is W&B's record log (read by :func:`research.tracking.wandb_offline.read_record_log`, whose
 byte-exact round trip is tested in tests/test_wandb_record.py), each record a serialized
 ``wandb_internal_pb2.Record``. Tests use it to assert on what a user's
 dashboard will show: history rows, summary values, media files, tables and artifacts.
@@ -15,7 +15,7 @@ from typing import Any
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-from research.tracking.wandb_log import read_record_log
+from research.tracking.wandb_offline import read_record_log
 
 
 def records(path: Path) -> list[pb.Record]:

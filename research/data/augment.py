@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields, replace
 
+from research.errors import UserError
 
-class AugmentError(ValueError):
+
+class AugmentError(UserError, ValueError):
     """An unknown preset or parameter, or a magnitude out of its range."""
 
 

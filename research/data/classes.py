@@ -10,6 +10,8 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 
+from research.errors import UserError
+
 CANONICAL_CLASSES: tuple[str, ...] = (
     "anger",
     "disgust",
@@ -42,7 +44,7 @@ _ALIASES: dict[str, tuple[str, ...]] = {
 }
 
 
-class UnknownClassError(ValueError):
+class UnknownClassError(UserError, ValueError):
     """A folder or label name that maps to none of the canonical emotions."""
 
 

@@ -33,8 +33,9 @@ from tqdm.auto import tqdm
 
 from research.data.cache import MmapImages, MmapView, normalize_cache_mode, resolve_cache_mode
 from research.data.classes import CANONICAL_CLASSES, map_folders
-from research.data.face_crop import FaceCropStep
 from research.data.images import ImageDecodeError, is_image_path, load_image
+from research.errors import UserError
+from research.faces.factory import FaceCropStep
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ DEMO_ROOT = "demo"
 DECODE_CHUNK = 1024  # files in flight in the decode pass
 
 
-class DatasetLayoutError(ValueError):
+class DatasetLayoutError(UserError, ValueError):
     """The dataset folder does not have the expected layout; the message says how to fix it."""
 
 
@@ -387,41 +388,11 @@ def load_datasets(
     ``face_crop`` (``data.face_crop``) crops every image of both splits once, as it is decoded.
     """
     if str(root) == DEMO_ROOT:
-        from research.data.demo import make_demo_split
-
-        splits = {}
-        for split in ("train", "validation"):
-            images, targets = make_demo_split(split, size=demo_size, seed=seed, scale=demo_scale)
-            if face_crop is not None:
-                images = [face_crop(image, name=f"demo {split} {i}") for i, image in enumerate(images)]
-                found, missed = face_crop.reset_counts()
-                log.info("demo %s: face crop (%s) found a face in %d of %d images", split, face_crop.label, found, found + missed)
-            names = [f"{split}/{CANONICAL_CLASSES[t]}/{i:05d}.png" for i, t in enumerate(targets)]
-            splits[split] = EmotionDataset(targets, names=names, images=images, split=split)
-        log.info("using the built-in SYNTHETIC demo data (drawn faces), not real photos")
-        return DataBundle(
-            splits["train"], splits["validation"], root=DEMO_ROOT, name="synthetic demo data", synthetic=True
-        )
-
+        return _demo_bundle(size=demo_size, seed=seed, scale=demo_scale, face_crop=face_crop)
     root = Path(root).expanduser()
-    train_dir = find_split_dir(root, "train")
-    if val_fraction > 0 or val_files is not None:
-        if has_split_dir(root, "validation"):
-            raise DatasetLayoutError(
-                f"{root} has a validation folder, and data.val_fraction={val_fraction} asks to carve one from "
-                "train/: use one of them (data.val_fraction=0 uses the folder)"
-            )
-        train_scan, val_scan = carve_validation(
-            scan_split(train_dir, "train"), fraction=val_fraction, seed=val_split_seed, files=val_files
-        )
-        val_dir = train_dir
-        log.info(
-            "validation split carved from %s: %d images (fraction %.2f, seed %d, stratified by class)",
-            train_dir, len(val_scan.paths), val_fraction, val_split_seed,
-        )
-    else:
-        val_dir = find_split_dir(root, "validation")
-        train_scan, val_scan = scan_split(train_dir, "train"), scan_split(val_dir, "validation")
+    (train_dir, train_scan), (val_dir, val_scan) = _scan_splits(
+        root, val_fraction=val_fraction, val_split_seed=val_split_seed, val_files=val_files
+    )
     scans = {"train": train_scan, "validation": val_scan}
     mode = resolve_cache_mode(
         cache, count=sum(len(s.paths) for s in scans.values()), keep_size=keep_size,
@@ -442,3 +413,44 @@ def load_datasets(
         root, len(train), train_dir.name, len(val), val_dir.name,
     )
     return DataBundle(train, val, root=str(root), name=root.name, synthetic=False, skipped=skipped_train + skipped_val)
+
+
+def _demo_bundle(*, size: int, seed: int, scale: float, face_crop: FaceCropStep | None) -> DataBundle:
+    """The synthetic demo set, generated (deterministic by ``seed``) and cropped like real images."""
+    from research.data.demo import make_demo_split
+
+    splits = {}
+    for split in ("train", "validation"):
+        images, targets = make_demo_split(split, size=size, seed=seed, scale=scale)
+        if face_crop is not None:
+            images = [face_crop(image, name=f"demo {split} {i}") for i, image in enumerate(images)]
+            found, missed = face_crop.reset_counts()
+            log.info("demo %s: face crop (%s) found a face in %d of %d images", split, face_crop.label, found, found + missed)
+        names = [f"{split}/{CANONICAL_CLASSES[t]}/{i:05d}.png" for i, t in enumerate(targets)]
+        splits[split] = EmotionDataset(targets, names=names, images=images, split=split)
+    log.info("using the built-in SYNTHETIC demo data (drawn faces), not real photos")
+    return DataBundle(splits["train"], splits["validation"], root=DEMO_ROOT, name="synthetic demo data", synthetic=True)
+
+
+def _scan_splits(
+    root: Path, *, val_fraction: float, val_split_seed: int, val_files: Sequence[str] | None
+) -> tuple[tuple[Path, SplitScan], tuple[Path, SplitScan]]:
+    """(folder, scan) of the train and validation splits: the split folders, or a validation split
+    carved from ``train/`` (``val_fraction``, or the recorded ``val_files``)."""
+    train_dir = find_split_dir(root, "train")
+    if not (val_fraction > 0 or val_files is not None):
+        val_dir = find_split_dir(root, "validation")
+        return (train_dir, scan_split(train_dir, "train")), (val_dir, scan_split(val_dir, "validation"))
+    if has_split_dir(root, "validation"):
+        raise DatasetLayoutError(
+            f"{root} has a validation folder, and data.val_fraction={val_fraction} asks to carve one from "
+            "train/: use one of them (data.val_fraction=0 uses the folder)"
+        )
+    train_scan, val_scan = carve_validation(
+        scan_split(train_dir, "train"), fraction=val_fraction, seed=val_split_seed, files=val_files
+    )
+    log.info(
+        "validation split carved from %s: %d images (fraction %.2f, seed %d, stratified by class)",
+        train_dir, len(val_scan.paths), val_fraction, val_split_seed,
+    )
+    return (train_dir, train_scan), (train_dir, val_scan)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from research.data.classes import CANONICAL_CLASSES, SPANISH_NAMES
 from research.data.datasets import DatasetLayoutError, find_split_dir, scan_split
+from research.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +19,7 @@ COURSE_FOLDER = "dataset_emociones"
 DEFAULT_DATA_DIR = Path("data")
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """The dataset could not be downloaded; the message says what to do instead."""
 
 

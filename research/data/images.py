@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from research.errors import UserError
+
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"})
 # A JPEG over PIL's decompression-bomb limit is decoded at a reduced scale (JPEG's DCT scaling keeps
 # memory bounded): its longer side comes out between this and twice this many pixels.
 LARGE_JPEG_SIDE = 4096
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(UserError, ValueError):
     """A file that is not an image or cannot be decoded; the message names the file."""
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,52 +27,15 @@ from tqdm.auto import tqdm
 
 from research.engine.distributed import Distributed
 from research.engine.metrics import compute_metrics
+from research.engine.runtime import cpu_bf16_supported, epoch_seed, is_interactive
+from research.errors import UserError
 from research.models.classifier import FERClassifier, mirror_average
 
 log = logging.getLogger(__name__)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(UserError, RuntimeError):
     """The loss became NaN or infinite; the message says where and what to try."""
-
-
-def seed_everything(seed: int, *, deterministic: bool = False) -> None:
-    """Seed python, numpy and torch (CPU and CUDA); optionally force deterministic kernels."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
-def seed_worker(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: seed numpy/python and the albumentations pipeline per worker."""
-    worker_seed = torch.initial_seed() % 2**32
-    random.seed(worker_seed)
-    np.random.seed(worker_seed)
-    info = torch.utils.data.get_worker_info()
-    transform = getattr(info.dataset, "transform", None) if info else None
-    if hasattr(transform, "set_random_seed"):
-        transform.set_random_seed(worker_seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7_919) % 2**31
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; an unavailable CUDA request is an error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"train.device={name} but CUDA is not available here; use train.device=auto or cpu")
-    return device
-
-
-def is_interactive() -> bool:
-    return sys.stderr.isatty()
 
 
 @dataclass
@@ -97,14 +59,6 @@ class TrainerState:
     train_seconds: float = 0.0
     train_images: int = 0
     stopped_by: str | None = None  # "early_stopping" | "callback" when the run ended before `epochs`
-
-
-def cpu_bf16_supported() -> bool:
-    """True where oneDNN runs bfloat16 natively (AVX-512 BF16 / AMX, or AVX-512 core), so autocast pays off."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -386,31 +340,8 @@ class Trainer:
                 log.info("epoch %d: unfreezing the backbone (model.unfreeze_epoch)", epoch + 1)
                 self.model.unfreeze()
                 self.net = self.dist.wrap(self.model, self.device)  # DDP syncs the parameters trainable when wrapped
-            self._reseed(train_loader, epoch)
-            lr = self.optimizer.param_groups[0]["lr"]
-            train_out = self.train_one_epoch(train_loader)
-            if self.ema is not None:  # each rank averaged its own batch-norm statistics; validate rank 0's
-                self.dist.sync_buffers(self.ema.module)
-            val_out = self.evaluate(val_loader)
-            state.train_seconds += train_out.seconds
-            state.train_images += train_out.images
-            row: dict[str, float] = {"epoch": epoch + 1}
-            row.update({f"train/{k}": v for k, v in train_out.metrics.items() if k != "ece"})
-            row.update({f"val/{k}": v for k, v in val_out.metrics.items()})
-            row["lr"] = lr
-            row["epoch_seconds"] = train_out.seconds + val_out.seconds
-            if self.scheduler is not None and self.scheduler_interval == "epoch":
-                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    self.scheduler.step(row[self.monitor])
-                else:
-                    self.scheduler.step()
-            state.history.append(row)
-            state.epoch = epoch + 1
-            improved = self._improved(row[self.monitor])
-            if improved:
-                state.best_score, state.best_epoch, state.bad_epochs = row[self.monitor], epoch + 1, 0
-            else:
-                state.bad_epochs += 1
+            row, val_out = self._epoch(epoch, train_loader, val_loader)
+            improved = self._record_epoch(row)
             if self.checkpoint_fn is not None:
                 checkpoint = self.checkpoint()
                 self.checkpoint_fn("last", checkpoint)
@@ -432,6 +363,40 @@ class Trainer:
                 break
         self.net = self.model  # later forward passes (final evaluation on rank 0) need no other rank
         return state.history
+
+    def _epoch(self, epoch: int, train_loader: DataLoader, val_loader: DataLoader) -> tuple[dict[str, float], EpochOutput]:
+        """Train and validate epoch ``epoch`` (0-based); its history row and the validation pass."""
+        self._reseed(train_loader, epoch)
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_out = self.train_one_epoch(train_loader)
+        if self.ema is not None:  # each rank averaged its own batch-norm statistics; validate rank 0's
+            self.dist.sync_buffers(self.ema.module)
+        val_out = self.evaluate(val_loader)
+        self.state.train_seconds += train_out.seconds
+        self.state.train_images += train_out.images
+        row: dict[str, float] = {"epoch": epoch + 1}
+        row.update({f"train/{k}": v for k, v in train_out.metrics.items() if k != "ece"})
+        row.update({f"val/{k}": v for k, v in val_out.metrics.items()})
+        row["lr"] = lr
+        row["epoch_seconds"] = train_out.seconds + val_out.seconds
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                self.scheduler.step(row[self.monitor])
+            else:
+                self.scheduler.step()
+        return row, val_out
+
+    def _record_epoch(self, row: dict[str, float]) -> bool:
+        """Append the row to the history and update best / patience; True when the monitor improved."""
+        state = self.state
+        state.history.append(row)
+        state.epoch = int(row["epoch"])
+        improved = self._improved(row[self.monitor])
+        if improved:
+            state.best_score, state.best_epoch, state.bad_epochs = row[self.monitor], state.epoch, 0
+        else:
+            state.bad_epochs += 1
+        return improved
 
     # --- checkpoints -----------------------------------------------------------------
     def checkpoint(self) -> dict[str, Any]:
@@ -480,19 +445,3 @@ class Trainer:
             epoch=t["epoch"], history=list(t["history"]), best_score=t["best_score"], best_epoch=t["best_epoch"],
             bad_epochs=t["bad_epochs"], train_seconds=t["train_seconds"], train_images=t["train_images"],
         )
-
-
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20) -> float:
-    """Median CPU inference latency in milliseconds for one image (batch 1), eval mode."""
-    import copy
-
-    cpu_model = copy.deepcopy(model).cpu().eval()
-    x = torch.randn(1, *input_shape)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 3):
-            start = time.perf_counter()
-            cpu_model(x)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from research.errors import UserError
 from research.models.classifier import IMAGENET_MEAN, IMAGENET_STD, FERClassifier
 from research.models.efficientnet_lite import (
     convert_efficientnet_pytorch,
@@ -26,12 +27,12 @@ from research.models.efficientnet_lite import (
     package_weights_file,
     timm_state_shapes,
 )
-from research.models.registry import register_model
+from research.models.registry import UnknownModelError, register_model
 
 log = logging.getLogger(__name__)
 
 
-class PretrainedWeightsError(RuntimeError):
+class PretrainedWeightsError(UserError, RuntimeError):
     """Pretrained weights could not be loaded; the message says how to provide them."""
 
 
@@ -207,51 +208,20 @@ def create_timm_model(
     kwargs: dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=dropout)
     if drop_path:
         kwargs["drop_path_rate"] = drop_path
-    source = "none"
     try:
         if pretrained_file:
-            path = Path(pretrained_file).expanduser()
-            if not path.is_file():
-                raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
-            state = _efficientnet_pytorch_state(name, path)
-            if state is None:
-                net = timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
-                source = f"file:{pretrained_file}"
-            else:
-                net = _timm_from_efficientnet_pytorch(name, state, str(path), kwargs)
-                source = f"file:{pretrained_file} (efficientnet_pytorch naming, converted)"
+            net, source = _timm_from_file(name, Path(pretrained_file).expanduser(), pretrained_file, kwargs)
         elif pretrained:
-            try:
-                net = timm.create_model(name, pretrained=True, **kwargs)
-                source = "timm hub"
-            except Exception as err:  # huggingface_hub / requests errors when offline
-                package = package_weights_file(name)
-                if package is not None:
-                    log.warning("cannot get timm pretrained weights for %s (%s: %s); using the ImageNet weights "
-                                "of the installed package %s (%s)", name, type(err).__name__, err, *package)
-                    net = _timm_from_efficientnet_pytorch(name, read_state_dict(package[1]), str(package[1]), kwargs)
-                    source = f"file:{package[1]} ({package[0]}, efficientnet_pytorch naming, converted)"
-                else:
-                    extra = (
-                        " or install its ImageNet weights: poetry install --extras imagenet,"
-                        if lite_variant(name) in (0, 1, 2) else ""
-                    )
-                    message = (
-                        f"cannot get timm pretrained weights for {name} ({type(err).__name__}: {err}). "
-                        f"Offline? Pass a local state_dict with model.pretrained_file=PATH,{extra} "
-                        "or train without them: model.pretrained=false."
-                    )
-                    source = _hub_unreachable(message, err, fallback=pretrained_fallback)
-                    net = timm.create_model(name, pretrained=False, **kwargs)
+            net, source = _timm_from_hub(name, kwargs, fallback=pretrained_fallback)
         else:
-            net = timm.create_model(name, pretrained=False, **kwargs)
+            net, source = timm.create_model(name, pretrained=False, **kwargs), "none"
     except RuntimeError as err:
         if isinstance(err, PretrainedWeightsError):
             raise
         raise PretrainedWeightsError(f"cannot load weights into timm/{name}: {err}") from err
     except Exception as err:
         if "Unknown model" in str(err):
-            raise KeyError(f"timm has no model {name!r}; see timm.list_models('*{name[:6]}*')") from None
+            raise UnknownModelError(f"timm has no model {name!r}; see timm.list_models('*{name[:6]}*')") from None
         raise
     cfg = net.pretrained_cfg
     mean, std = _channel_stats(cfg.get("mean", IMAGENET_MEAN), cfg.get("std", IMAGENET_STD), in_chans)
@@ -310,3 +280,40 @@ def _register_torchvision(name: str, cam_layer: str) -> None:
 
 for _name, _cam_layer in TORCHVISION_MODELS.items():
     _register_torchvision(_name, _cam_layer)
+
+
+def _timm_from_file(name: str, path: Path, given: str, kwargs: dict[str, Any]) -> tuple[nn.Module, str]:
+    """A timm model with the ImageNet weights of a local file (timm naming, or efficientnet_pytorch naming
+    for ``tf_efficientnet_liteN``, converted) and its weight-source label."""
+    import timm
+
+    if not path.is_file():
+        raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
+    state = _efficientnet_pytorch_state(name, path)
+    if state is None:
+        return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs), f"file:{given}"
+    return _timm_from_efficientnet_pytorch(name, state, str(path), kwargs), f"file:{given} (efficientnet_pytorch naming, converted)"
+
+
+def _timm_from_hub(name: str, kwargs: dict[str, Any], *, fallback: bool) -> tuple[nn.Module, str]:
+    """A timm model with its hub weights; offline, the installed weight package's (EfficientNet-Lite), else
+    random weights when ``fallback`` allows (labelled), else an error that says how to provide them."""
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=True, **kwargs), "timm hub"
+    except Exception as err:  # huggingface_hub / requests errors when offline
+        package = package_weights_file(name)
+        if package is not None:
+            log.warning("cannot get timm pretrained weights for %s (%s: %s); using the ImageNet weights "
+                        "of the installed package %s (%s)", name, type(err).__name__, err, *package)
+            net = _timm_from_efficientnet_pytorch(name, read_state_dict(package[1]), str(package[1]), kwargs)
+            return net, f"file:{package[1]} ({package[0]}, efficientnet_pytorch naming, converted)"
+        extra = " or install its ImageNet weights: poetry install --extras imagenet," if lite_variant(name) in (0, 1, 2) else ""
+        message = (
+            f"cannot get timm pretrained weights for {name} ({type(err).__name__}: {err}). "
+            f"Offline? Pass a local state_dict with model.pretrained_file=PATH,{extra} "
+            "or train without them: model.pretrained=false."
+        )
+        source = _hub_unreachable(message, err, fallback=fallback)
+        return timm.create_model(name, pretrained=False, **kwargs), source

@@ -10,10 +10,19 @@ from collections.abc import Callable
 
 from torch import nn
 
+from research.errors import UserError
+
 ModelBuilder = Callable[..., nn.Module]
 _REGISTRY: dict[str, ModelBuilder] = {}
 _CAM_LAYERS: dict[str, str] = {}  # name -> dotted path of the Grad-CAM target layer in the built model
 TIMM_PREFIX = "timm/"
+
+
+class UnknownModelError(UserError, KeyError):
+    """A model name that is neither registered nor a timm model; the message lists the known ones."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
 
 
 def register_model(name: str | None = None, *, cam_layer: str | None = None) -> Callable[[ModelBuilder], ModelBuilder]:
@@ -43,7 +52,7 @@ def list_models() -> list[str]:
 def get_builder(name: str) -> ModelBuilder:
     """The builder registered under ``name``; an unknown name lists the known ones."""
     if name not in _REGISTRY:
-        raise KeyError(
+        raise UnknownModelError(
             f"unknown model {name!r}. Known models: {', '.join(list_models())}, "
             f"or any timm model as {TIMM_PREFIX}<name> (e.g. timm/tf_efficientnet_lite0)."
         )

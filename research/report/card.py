@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from research.exported import RESIZE_RULE, ModelMetadata
+from research.inference.model_file import RESIZE_RULE, ModelMetadata
 from research.report.collect import RunRecord, load_run_record
 from research.report.statistics import CI_METRICS, RunGroup, group_runs
 from research.tracking.runs import RunFolderError, read_checkpoint

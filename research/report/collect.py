@@ -23,16 +23,18 @@ import numpy as np
 import yaml
 
 from research.config import flatten_mapping
-from research.predict import MODES as PREDICTION_MODES
-from research.predict import compare_modes
+from research.errors import UserError
+from research.faces.settings import SINGLE_MODES
+from research.inference.comparison import compare_modes
 from research.tracking import wandb_log
+from research.tracking.names import safe_name
 from research.tracking.runs import RunFolder, RunFolderError, read_json
 from research.tracking.summary import RunSummary
 
 log = logging.getLogger(__name__)
 
 TRAIN_HINT = "train one with `poetry run train --config scratch_cnn data.root=demo`"
-MODES = PREDICTION_MODES["all"]  # raw, haar, aligned: whichever a run's predictions/ holds
+MODES = SINGLE_MODES  # raw, haar, aligned: whichever a run's predictions/ holds
 # How deep below a --runs folder run folders are looked for (runs/sweeps/<id>/trials/<run>).
 MAX_DEPTH = 4
 # Files research.sweep writes in a sweep folder; any one of them marks the folder as a sweep.
@@ -45,7 +47,7 @@ class NoRunsError(RunFolderError):
     """No finished run to report on."""
 
 
-class WandbReportError(RuntimeError):
+class WandbReportError(UserError, RuntimeError):
     """The W&B project could not be read."""
 
 
@@ -310,7 +312,7 @@ def finish_records(runs: list[RunRecord]) -> list[RunRecord]:
     keys: Counter[str] = Counter()
     for record in runs:
         record.label = record.model if model_counts[record.model] == 1 else record.run_id
-        safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in record.run_id)
+        safe = safe_name(record.run_id)
         keys[safe] += 1
         record.key = safe if keys[safe] == 1 else f"{safe}-{keys[safe]}"
     return runs

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import numpy as np
 
 from research import plots
-from research.predict import CROP_MODES, summary_table
+from research.inference.comparison import CROP_MODES, summary_table
 from research.report.card import write_model_cards
 from research.report.collect import (
     MODES,
@@ -41,6 +41,7 @@ from research.report.statistics import (
     RunGroup,
     group_runs,
 )
+from research.tracking.names import safe_name
 
 MODEL_CARDS = "model_cards"  # folder beside the report: one card per run
 DEFAULT_TITLE = "Facial-expression recognition: model comparison"
@@ -101,7 +102,7 @@ def _dataset_text(record: RunRecord) -> str:
 
 
 def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in text).strip("-") or "dataset"
+    return safe_name(text).strip("-") or "dataset"
 
 
 def _params(record: RunRecord) -> str:

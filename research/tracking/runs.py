@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from research.errors import UserError
+
 HISTORY_COLUMNS = (
     "epoch",
     "train/loss", "train/acc", "train/top2", "train/macro_f1",
@@ -32,15 +34,19 @@ HISTORY_COLUMNS = (
 )
 
 
-class RunFolderError(FileNotFoundError):
+class RunFolderError(UserError, FileNotFoundError):
     """A path that is not a usable run folder."""
+
+
+class RunExistsError(UserError, FileExistsError):
+    """A finished run already holds the folder a new run would write."""
 
 
 class CheckpointError(RunFolderError):
     """A checkpoint that is missing, truncated or not a checkpoint of this package."""
 
 
-class OutputWriteError(OSError):
+class OutputWriteError(UserError, OSError):
     """An output file could not be written (disk full, read-only folder); nothing half-written is left."""
 
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 import logging
 import netrc
 import os
-import struct
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from research.tracking.names import safe_name
+from research.tracking.wandb_offline import STAGING, supersede_offline_records
 
 log = logging.getLogger(__name__)
 
@@ -95,31 +96,7 @@ class WandbRun:
         )
         if not in_sweep:
             kwargs.update(id=_wandb_id(run_id), resume="allow" if resume else None)
-        if self.mode == "offline":
-            log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `poetry run sync-runs %s`", directory, directory)
-            self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
-            self._staging = staging.enter()
-        wandb_logger = logging.getLogger("wandb")
-        level = wandb_logger.level
-        if self.mode == "online":  # a failed start is reported below in one line, not as W&B's traceback
-            wandb_logger.setLevel(logging.CRITICAL)
-        try:
-            self.run = wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **kwargs)
-        except Exception as err:  # CommError, timeouts, auth errors: the run must go on
-            if self.mode != "online":
-                raise
-            log.warning(
-                "W&B online start failed after at most %.0f s (%s); recording offline instead (wandb.init_timeout "
-                "sets the wait). Upload later with `poetry run sync-runs RUN_FOLDER`.", init_timeout, str(err).splitlines()[0][:200],
-            )
-            # The failed start still holds the run id in W&B's service process: restart it.
-            wandb.teardown()
-            self.mode = "offline"
-            self._start_offline_afresh(directory, kwargs, resume and not in_sweep)
-            self._staging = staging.enter()
-            self.run = wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
-        finally:
-            wandb_logger.setLevel(level)
+        self.run = self._start(kwargs, directory, staging, resumed=resume and not in_sweep, init_timeout=init_timeout)
         if in_sweep:
             self.run.config.update(dict(config), allow_val_change=True)
         self.run.define_metric("epoch")
@@ -131,10 +108,39 @@ class WandbRun:
             for row in history:
                 self.log_epoch(row)
 
+    def _start(self, kwargs: dict[str, Any], directory: Path, staging: _StagingDir, *, resumed: bool, init_timeout: float) -> Any:
+        """``wandb.init`` in this run's mode; an online start that fails (no server, a bad key) records offline instead."""
+        wandb = self._wandb
+        if self.mode == "offline":
+            log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `poetry run sync-runs %s`", directory, directory)
+            self._start_offline_afresh(directory, kwargs, resumed)
+            self._staging = staging.enter()
+        wandb_logger = logging.getLogger("wandb")
+        level = wandb_logger.level
+        if self.mode == "online":  # a failed start is reported below in one line, not as W&B's traceback
+            wandb_logger.setLevel(logging.CRITICAL)
+        try:
+            return wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **kwargs)
+        except Exception as err:  # CommError, timeouts, auth errors: the run must go on
+            if self.mode != "online":
+                raise
+            log.warning(
+                "W&B online start failed after at most %.0f s (%s); recording offline instead (wandb.init_timeout "
+                "sets the wait). Upload later with `poetry run sync-runs RUN_FOLDER`.", init_timeout, str(err).splitlines()[0][:200],
+            )
+            # The failed start still holds the run id in W&B's service process: restart it.
+            wandb.teardown()
+            self.mode = "offline"
+            self._start_offline_afresh(directory, kwargs, resumed)
+            self._staging = staging.enter()
+            return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+        finally:
+            wandb_logger.setLevel(level)
+
     @staticmethod
     def _start_offline_afresh(directory: Path, kwargs: dict[str, Any], resumed: bool) -> None:
         if resumed:
-            _supersede_offline_records(directory / "wandb", kwargs["id"])
+            supersede_offline_records(directory / "wandb", kwargs["id"])
             kwargs["resume"] = None
 
     @property
@@ -211,7 +217,7 @@ class WandbRun:
         """Upload a checkpoint as a ``model`` artifact (aliases ``best``, ``latest``)."""
         if not self.enabled or not Path(checkpoint).exists():
             return
-        artifact = self._wandb.Artifact(name=_artifact_name(name), type="model", metadata=dict(metadata))
+        artifact = self._wandb.Artifact(name=safe_name(name), type="model", metadata=dict(metadata))
         artifact.add_file(str(checkpoint))
         self.run.log_artifact(artifact, aliases=["best", "latest"])
 
@@ -232,9 +238,6 @@ class WandbRun:
                 "W&B offline run saved in %s; upload with: poetry run sync-runs %s (works after moving the run "
                 "folder; plain `wandb sync` works while it stays where it is)", offline, offline,
             )
-
-
-STAGING = "staging-data"  # WANDB_DATA_DIR of offline runs, inside <run>/wandb/
 
 
 class _StagingDir:
@@ -268,125 +271,6 @@ def _as_uint8(image: Any) -> np.ndarray:
     return array.astype(np.uint8)
 
 
-# --- offline records that travel: W&B's record log, and re-pointing staged files after a move ---------
-_BLOCK, _HEADER = 32 * 1024, 7
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
-
-
-def read_record_log(path: Path) -> tuple[bytes, list[bytes]]:
-    """The 7-byte file header and the records of a ``run-*.wandb`` file (W&B's LevelDB-style log:
-    32 KiB blocks, each record fragment with a crc32 / length / type header)."""
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file")
-    records, pos, pending = [], _HEADER, b""
-    while pos + _HEADER <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _HEADER:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
-        if length == 0 and kind == 0:  # zero padding up to the block end
-            pos += left
-            continue
-        fragment = data[pos + _HEADER : pos + _HEADER + length]
-        pos += _HEADER + length
-        pending = fragment if kind in (_FULL, _FIRST) else pending + fragment
-        if kind in (_FULL, _LAST):
-            records.append(pending)
-            pending = b""
-    return data[:_HEADER], records
-
-
-def write_record_log(path: Path, header: bytes, records: Sequence[bytes]) -> None:
-    """Write records in the same log format (fragmented across 32 KiB blocks, crc32 of type + data)."""
-    out = bytearray(header)
-    for data in records:
-        first = True
-        while True:
-            left = _BLOCK - len(out) % _BLOCK
-            if left < _HEADER:
-                out += b"\0" * left
-                continue
-            fragment, data = data[: left - _HEADER], data[left - _HEADER :]
-            last = not data
-            kind = (_FULL if last else _FIRST) if first else (_LAST if last else _MIDDLE)
-            crc = zlib.crc32(fragment, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
-            out += struct.pack("<IHB", crc, len(fragment), kind) + fragment
-            first = False
-            if last:
-                break
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(bytes(out))
-    os.replace(tmp, path)
-
-
-def relocate_offline_run(folder: Path) -> int:
-    """Point the staged artifact files of an offline run at where its run folder is now.
-
-    W&B records staged files by absolute path; after ``runs/`` is copied or moved (another machine,
-    another HOME) those paths are stale. Returns how many paths were rewritten (0: nothing to do).
-    """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    folder = Path(folder).resolve()
-    staging = folder.parent / STAGING
-    run_file = next(folder.glob("run-*.wandb"), None)
-    if run_file is None:
-        raise FileNotFoundError(f"{folder} holds no run-*.wandb file: is it an offline-run-* folder?")
-    header, raw = read_record_log(run_file)
-    changed, out = 0, []
-    for data in raw:
-        record = pb.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "artifact":
-            for entry in record.artifact.manifest.contents:
-                marker = f"/{STAGING}/"
-                if entry.local_path and marker in entry.local_path:
-                    new = str(staging / entry.local_path.split(marker, 1)[1])
-                    if new != entry.local_path:
-                        entry.local_path, changed = new, changed + 1
-            data = record.SerializeToString()
-        out.append(data)
-    if changed:
-        write_record_log(run_file, header, out)
-    return changed
-
-
-def sync_offline_runs(paths: Sequence[Path], extra_args: Sequence[str] = ()) -> int:
-    """``poetry run sync-runs``: re-point staged files of every offline run under ``paths``, then
-    ``wandb sync`` them. Returns wandb's exit code."""
-    import subprocess
-    import sys
-
-    folders = sorted(
-        {f for p in map(Path, paths) for f in ([p] if p.name.startswith("offline-run-") else p.rglob("offline-run-*"))
-         if f.is_dir() and "superseded" not in f.parts}
-    )
-    if not folders:
-        raise FileNotFoundError(f"no offline W&B runs (offline-run-*) under {', '.join(map(str, paths))}")
-    for folder in folders:
-        if relocate_offline_run(folder):
-            log.info("%s: staged files re-pointed to %s", folder, folder.parent / STAGING)
-    wandb_cli = Path(sys.executable).with_name("wandb")
-    command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", *extra_args, *map(str, folders)]
-    log.info("running %s", " ".join(command[:3]) + f" ... ({len(folders)} run(s))")
-    return subprocess.run(command, check=False).returncode
-
-
-def _supersede_offline_records(wandb_dir: Path, wandb_id: str) -> None:
-    """Move earlier offline records of this run id to ``superseded/`` (kept, but not synced by
-    ``wandb sync <run>/wandb/offline-run-*``): the new record replays their epochs."""
-    earlier = sorted(wandb_dir.glob(f"offline-run-*-{wandb_id}")) if wandb_dir.is_dir() else []
-    if not earlier:
-        return
-    target = wandb_dir / "superseded"
-    target.mkdir(exist_ok=True)
-    for folder in earlier:
-        folder.rename(target / folder.name)
-    log.info("resumed offline: %d earlier W&B record(s) of %s moved to %s; the new one replays their epochs", len(earlier), wandb_id, target)
-
-
 def linked_run(
     *,
     source_run_id: str,
@@ -412,11 +296,7 @@ def linked_run(
 
 def _wandb_id(run_id: str) -> str:
     """W&B ids may not contain / \\ # ? % : and are at most 64 characters."""
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id)[-64:]
-
-
-def _artifact_name(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+    return safe_name(run_id, max_length=64)
 
 
 def fetch_project_runs(path: str) -> list[dict[str, Any]]:

@@ -1,6 +1,6 @@
 """Landmark face alignment: dlib's HOG face detector, 5-point landmarks, eyes levelled.
 
-A second face pipeline beside the Haar crop (:mod:`research.faces`). The most confident face is
+A second face pipeline beside the Haar crop (:mod:`research.faces.haar`). The most confident face is
 found with dlib's frontal HOG detector; the 5-point shape predictor (CC0, shipped in the
 ``face_recognition_models`` package) gives two corners of each eye and the base of the
 nose. The image is rotated about the eyes' midpoint so the eyes are level, scaled so the
@@ -27,13 +27,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from research.faces import (
-    FaceCrop,
-    _as_rgb,
-    box_to_source,
-    upscale_and_pad,
-    whole_image,
-)
+from research.errors import UserError
+from research.faces.geometry import FaceCrop, as_rgb, box_to_source, upscale_and_pad, whole_image
+from research.faces.settings import check_align_settings
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +39,7 @@ INSTALL_HINT = "poetry install --extras align"
 RIGHT_EYE, LEFT_EYE = (0, 1), (2, 3)
 
 
-class AlignUnavailableError(RuntimeError):
+class AlignUnavailableError(UserError, RuntimeError):
     """dlib or the 5-point landmark model is not installed (the optional ``align`` extra)."""
 
 
@@ -149,16 +145,7 @@ class LandmarkAligner:
         upscale_to: int = 240,
         fallback: bool = True,
     ) -> None:
-        if not 0.0 < eye_distance < 1.0:
-            raise ValueError(f"eye_distance must be in (0, 1) (fraction of the crop side), got {eye_distance}")
-        if not 0.0 < eye_y < 1.0:
-            raise ValueError(f"eye_y must be in (0, 1) (fraction of the crop side), got {eye_y}")
-        if isinstance(upsample, bool) or int(upsample) != upsample or not 0 <= upsample <= 3:
-            raise ValueError(f"upsample must be an integer in [0, 3], got {upsample}")
-        if not 0.0 <= pad <= 1.0:
-            raise ValueError(f"pad must be in [0, 1] (fraction of the longer side), got {pad}")
-        if upscale_to < 0:
-            raise ValueError(f"upscale_to must be >= 0 pixels (0 = never upscale), got {upscale_to}")
+        check_align_settings(eye_distance=eye_distance, eye_y=eye_y, upsample=upsample, pad=pad, upscale_to=upscale_to)
         self.eye_distance, self.eye_y = float(eye_distance), float(eye_y)
         self.upsample, self.pad, self.upscale_to = int(upsample), float(pad), int(upscale_to)
         self.fallback = bool(fallback)
@@ -192,7 +179,7 @@ class LandmarkAligner:
 
     def detect(self, image: np.ndarray) -> list[tuple[int, int, int, int]]:
         """All faces as (x, y, w, h) in pixels, most confident first."""
-        return self._detect(_as_rgb(image))[0]
+        return self._detect(as_rgb(image))[0]
 
     def __call__(self, image: np.ndarray, name: str = "") -> AlignedCrop:
         """Align and crop the most confident face.
@@ -204,7 +191,7 @@ class LandmarkAligner:
         Raises:
             NoFaceFoundError: no face found and ``fallback`` is off.
         """
-        rgb = _as_rgb(image)
+        rgb = as_rgb(image)
         height, width = rgb.shape[:2]
         boxes, rects, work, scale, border = self._detect(rgb)
         if not boxes:

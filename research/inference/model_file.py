@@ -4,7 +4,7 @@
 preprocessing in the model's own metadata (ONNX ``metadata_props``; TorchScript extra files)
 and the same facts in ``model.json`` beside it. :class:`ModelMetadata` is that record;
 :class:`OnnxModel` runs an ONNX file through onnxruntime (CPU) behind the interface of a
-PyTorch module that :func:`research.inference.predict_logits` uses (``eval()``, ``model(x)``),
+PyTorch module that :func:`research.inference.loaded.predict_logits` uses (``eval()``, ``model(x)``),
 so new images go through the same forward path and the same eval transform, rebuilt from
 the metadata.
 """
@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from research.errors import UserError
+
 FORMAT = "research.fer-model/1"
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -30,11 +32,11 @@ RESIZE_RULE = (
 )
 
 
-class ExportedModelError(ValueError):
+class ExportedModelError(UserError, ValueError):
     """An exported model file that cannot be read or lacks the metadata this package writes."""
 
 
-class ExportParityError(RuntimeError):
+class ExportParityError(UserError, RuntimeError):
     """The exported model does not give the PyTorch model's probabilities."""
 
 

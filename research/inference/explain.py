@@ -2,7 +2,7 @@
 
 The heatmaps come from the ``grad-cam`` library (``pytorch_grad_cam.GradCAM``) on the layer the
 model registry names for the architecture (:func:`research.models.cam_target_layer`). The inputs
-are the tensors :func:`research.inference.predict_arrays` already made with the run's eval
+are the tensors :func:`research.inference.loaded.predict_arrays` already made with the run's eval
 transform, and the explained class is the winner it scored, so a heatmap belongs to exactly the
 prediction shown beside it. ``pytorch_grad_cam`` (which imports torchvision) is imported when a
 heatmap is first computed, not with this module.
@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from research.inference import LoadedRun
+from research.inference.loaded import LoadedRun
 from research.models import cam_target_layer
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def gradcam_maps(
 
 def explain_run(loaded: LoadedRun, inputs: torch.Tensor, classes: Sequence[int]) -> np.ndarray:
     """Grad-CAM maps ``(N, H, W)`` of a loaded run for its preprocessed ``inputs`` (from
-    :func:`research.inference.predict_arrays`) and the ``classes`` to explain (usually the winners).
+    :func:`research.inference.loaded.predict_arrays`) and the ``classes`` to explain (usually the winners).
 
     Raises:
         GradCamError: the run is an exported model (no gradients) or its layer has no 2-D feature map.
@@ -143,7 +143,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, width: int) -> str:
 def plot_gradcam_sheet(by_mode: Mapping[str, Sequence[Mapping[str, Any]]], path: Path, *, title: str = "") -> Path:
     """All new images with their Grad-CAM, one row per image, per mode a model-input and a Grad-CAM cell.
 
-    Records as :func:`research.predict.predict_images` returns them (``image``, ``preprocessed``,
+    Records as :func:`research.inference.predict.predict_images` returns them (``image``, ``preprocessed``,
     ``gradcam_overlay``, ``winner``, ``confidence``); an image a mode did not score (no face found,
     no fallback) gets a grey "not scored" cell. At most ``SHEET_MAX_ROWS`` images.
     """

@@ -1,7 +1,7 @@
 """Video and camera predictions: every face of every (Nth) frame, annotated into a new video.
 
 Each scored frame goes through the Haar cascade (all faces, :meth:`HaarFaceCropper.crop_all`),
-each face crop through the run's eval transform and :func:`research.inference.predict_arrays`
+each face crop through the run's eval transform and :func:`research.inference.loaded.predict_arrays`
 (the one forward path), and the frame is written to ``annotated.mp4`` (``mp4v``; Motion-JPEG
 ``annotated.avi`` when OpenCV has no MPEG-4 encoder) with a box, the winner and its score, and a
 small bar per class beside each face. ``frames.csv`` has one row per face of each scored frame,
@@ -22,9 +22,10 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from research.builders import haar_cropper
-from research.faces import Box
-from research.inference import LoadedRun, load_onnx, load_run, predict_arrays
+from research.errors import UserError
+from research.faces.factory import haar_cropper
+from research.faces.geometry import Box
+from research.inference.loaded import LoadedRun, load_onnx, load_run, predict_arrays
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ BAR_COLOR = (60, 180, 255)
 WINNER_COLOR = (60, 220, 60)
 
 
-class VideoSourceError(FileNotFoundError):
+class VideoSourceError(UserError, FileNotFoundError):
     """A video file or camera that OpenCV cannot open or read."""
 
 

@@ -19,8 +19,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from research.align import LandmarkAligner
-from research.builders import face_detector
 from research.data.classes import CANONICAL_CLASSES, label_from_filename
 from research.data.datasets import (
     SPLIT_SPELLINGS,
@@ -31,15 +29,12 @@ from research.data.datasets import (
     scan_split,
 )
 from research.data.images import ImageDecodeError, is_image_path, load_image
-from research.faces import HaarFaceCropper
-from research.inference import (
-    LoadedRun,
-    evaluate_scores,
-    linked_wandb_run,
-    load_run,
-    predict_logits,
-    write_evaluation,
-)
+from research.faces.align import LandmarkAligner
+from research.faces.factory import face_detector
+from research.faces.haar import HaarFaceCropper
+from research.faces.settings import DETECTORS
+from research.inference.evaluation import evaluate_scores, write_evaluation
+from research.inference.loaded import LoadedRun, linked_wandb_run, load_run, predict_logits
 from research.tracking.runs import write_json
 
 log = logging.getLogger(__name__)
@@ -63,7 +58,7 @@ def find_labelled_images(
         scan = scan_split(folder, split)
         return scan.paths, scan.targets, f"{folder} (split {folder.name}, class folders)"
     subdirs = [p for p in data_dir.iterdir() if p.is_dir() and not p.name.startswith(".")]
-    split_names = {"train", "training", "validation", "val", "valid", "test", "testing"}
+    split_names = {name for spellings in SPLIT_SPELLINGS.values() for name in spellings}
     if subdirs and all(p.name.lower() in split_names for p in subdirs):
         raise DatasetLayoutError(
             f"{data_dir} holds split folders ({', '.join(sorted(p.name for p in subdirs))}); choose one with --split NAME"
@@ -133,7 +128,7 @@ def evaluate_run(
 ) -> EvaluationResult:
     """Score ``data_dir`` with a loaded run; write ``evaluations/<name>/``. ``face``: raw, haar (Haar
     crop) or aligned (landmark alignment); images without a face are scored whole and counted."""
-    cropper = face_detector(face, loaded.faces, fallback=True) if face in ("haar", "aligned") else None
+    cropper = face_detector(face, loaded.faces, fallback=True) if face in DETECTORS else None
     paths, targets, layout = find_labelled_images(Path(data_dir), split, loaded.run.val_split_files())
     name = name or "-".join(x for x in (Path(data_dir).name, split, face if face != "raw" else "", "tta" if tta == "hflip" else "") if x)
     out_dir = Path(out) if out else loaded.run.evaluations / name

@@ -4,7 +4,7 @@ The file carries the run's eval preprocessing in its own metadata (:class:`Model
 ONNX ``metadata_props``, TorchScript extra file ``model.json``) and ``model.json`` beside it
 says the same. The batch axis is dynamic. Before the command succeeds, the exported model
 scores real images (the run's validation images, or ``--check-images DIR``) through the same
-forward path as PyTorch (:func:`research.inference.predict_logits`); the largest difference of
+forward path as PyTorch (:func:`research.inference.loaded.predict_logits`); the largest difference of
 the class probabilities, the number of images with the same winner and the batch-1 CPU latency
 of both are written to ``parity.json``. Parity fails (exit 2) when any probability differs by
 more than :data:`PARITY_TOLERANCE` or any winner differs.
@@ -31,10 +31,15 @@ import numpy as np
 import torch
 
 from research.data.datasets import load_datasets
-from research.exported import ExportParityError, ModelMetadata, OnnxModel, as_metadata_props
-from research.inference import LoadedRun, load_run, predict_logits, preprocess
-from research.predict import read_new_images
-from research.report.card import write_model_card
+from research.errors import InputFileError
+from research.inference.loaded import LoadedRun, load_run, predict_logits, preprocess
+from research.inference.model_file import (
+    ExportParityError,
+    ModelMetadata,
+    OnnxModel,
+    as_metadata_props,
+)
+from research.inference.predict import read_new_images
 from research.tracking.runs import write_json
 
 log = logging.getLogger(__name__)
@@ -53,7 +58,23 @@ class ExportResult:
     metadata: Path  # model.json
     parity: dict[str, Any]
     parity_path: Path
-    card: Path
+    run_dir: Path  # the exported run
+    record: ModelMetadata  # what the file's metadata says
+
+    @property
+    def card_path(self) -> Path:
+        """Where the model card beside the model goes (written by whoever composes export and report)."""
+        return self.model.with_name("model_card.md")
+
+    def check_parity(self) -> None:
+        """Raise :class:`ExportParityError` when the exported model does not give PyTorch's probabilities."""
+        parity = self.parity
+        if not parity["ok"]:
+            raise ExportParityError(
+                f"parity check failed for {self.model}: max |p_exported - p_torch| = {parity['max_abs_diff']:.2e} "
+                f"(tolerance {parity['tolerance']:.0e}), same winner on {parity['same_winners']} of {parity['images']} "
+                f"images; see {self.parity_path}"
+            )
 
 
 def model_metadata(loaded: LoadedRun, checkpoint: str, epoch: int | None) -> ModelMetadata:
@@ -81,7 +102,7 @@ def check_images(loaded: LoadedRun, folder: Path | None, limit: int = CHECK_LIMI
             demo_scale=cfg.data.demo_scale, seed=cfg.run.seed,
         )
     except (FileNotFoundError, ValueError) as err:
-        raise FileNotFoundError(
+        raise InputFileError(
             f"the run's validation images cannot be read ({err}); give a folder of images with --check-images DIR"
         ) from None
     picks = np.unique(np.linspace(0, len(bundle.val) - 1, min(limit, len(bundle.val))).round().astype(int))
@@ -100,11 +121,11 @@ def export_run(
     tolerance: float = PARITY_TOLERANCE,
 ) -> ExportResult:
     """Export ``run``'s checkpoint to ``out`` (default ``<run>/export/model.onnx``, or
-    ``<run>/export/torchscript/model.pt``), write ``model.json``, ``parity.json`` and ``model_card.md``
-    beside it. Latency is measured with ``threads`` CPU threads for both runtimes.
+    ``<run>/export/torchscript/model.pt``), write ``model.json`` and ``parity.json`` beside it. Latency is
+    measured with ``threads`` CPU threads for both runtimes.
 
     Everything is checked before a file is written: the run and its checkpoint, the format, the
-    parity images. Raises :class:`ExportParityError` after writing ``parity.json`` when parity fails.
+    parity images. A failed parity check is in the result (:meth:`ExportResult.check_parity` raises it).
     """
     if fmt not in FORMATS:
         raise ValueError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
@@ -136,15 +157,8 @@ def export_run(
     parity.update(images_from=source, runtime=runtime, format=fmt, model=str(out_path), run_id=loaded.run_id, checkpoint=meta.checkpoint)
     parity_path = out_path.with_name("parity.json")
     write_json(parity_path, parity)
-    card = write_model_card(loaded.run.path, out_path.with_name("model_card.md"), metadata=meta, parity=parity)
     log.info("%s", parity_text(parity))
-    if not parity["ok"]:
-        raise ExportParityError(
-            f"parity check failed for {out_path}: max |p_exported - p_torch| = {parity['max_abs_diff']:.2e} "
-            f"(tolerance {tolerance:.0e}), same winner on {parity['same_winners']} of {parity['images']} images; "
-            f"see {parity_path}"
-        )
-    return ExportResult(out_path, metadata_path, parity, parity_path, card)
+    return ExportResult(out_path, metadata_path, parity, parity_path, loaded.run.path, meta)
 
 
 def _checkpoint_epoch(path: Path) -> int | None:

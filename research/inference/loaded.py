@@ -1,8 +1,10 @@
-"""Inference on a trained run: the loaded run, ONE batched forward path, and the evaluation writer.
+"""A trained model ready for inference, and the ONE batched forward path.
 
-``predict``, ``evaluate`` and the end-of-training evaluation all score images through
-:func:`predict_logits` and write their metrics, reports and confusion heatmaps through
-:func:`write_evaluation`, so a number means the same thing wherever it appears.
+``predict``, ``evaluate``, export's parity check and the end-of-training evaluation all score
+images through :func:`predict_logits` (and write their metrics through
+:func:`research.inference.evaluation.write_evaluation`), so a number means the same thing wherever
+it appears. :func:`load_run` rebuilds a run's model and eval transform from its folder;
+:func:`load_onnx` an exported model's from the file's metadata.
 """
 
 from __future__ import annotations
@@ -17,14 +19,13 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from research import builders, plots
+from research.builders.model import build_model, eval_transform
 from research.config import CHOICES, flatten, load_saved_config
 from research.data.transforms import build_eval_transform
-from research.engine import metrics as M
-from research.engine.trainer import resolve_device
-from research.exported import ExportedModelError, OnnxModel
+from research.engine.runtime import resolve_device
+from research.inference.model_file import ExportedModelError, OnnxModel
 from research.models.classifier import FERClassifier, mirror_average
-from research.tracking.runs import RunFolder, read_checkpoint, write_json, write_npz
+from research.tracking.runs import RunFolder, read_checkpoint
 from research.tracking.wandb_log import WandbRun, linked_run
 
 log = logging.getLogger(__name__)
@@ -59,13 +60,13 @@ def load_run(path: str | Path, *, which: str = "best", device: str = "auto") -> 
     run = RunFolder.open(path)
     ckpt = read_checkpoint(run.path / f"{which}.pt", summary=run.summary_path)
     cfg = load_saved_config(run.config_path)
-    model = builders.build_model(cfg, pretrained=False)
+    model = build_model(cfg, pretrained=False)
     model.load_state_dict(ckpt["model"])
     dev = resolve_device(device)
     model.to(dev).eval()
     mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     return LoadedRun(
-        run, model, builders.eval_transform(cfg, mean, std), cfg, list(ckpt["class_names"]), mean, std, dev,
+        run, model, eval_transform(cfg, mean, std), cfg, list(ckpt["class_names"]), mean, std, dev,
         run_id=run.run_id, faces=dict(cfg.faces), predictions_dir=run.predictions,
     )
 
@@ -142,78 +143,3 @@ def predict_arrays(
     batches = (tensors[i : i + batch_size] for i in range(0, len(tensors), batch_size))
     logits = predict_logits(loaded.model, batches, device=loaded.device, tta=tta)
     return torch.softmax(logits, dim=1).numpy(), tensors
-
-
-@dataclass
-class Evaluation:
-    """Metrics of a set of predictions and the tables they came from."""
-
-    metrics: dict[str, float]  # loss (if given), acc, top2, macro_f1, weighted_f1, ece
-    probs: np.ndarray  # (N, C)
-    targets: np.ndarray  # (N,)
-    preds: np.ndarray  # (N,)
-    labels: list[int]  # class indices present in targets (F1 and the report cover these)
-    class_names: list[str]
-    per_class: dict[str, dict[str, float]]
-    report_text: str
-    report_dict: dict[str, Any]
-    counts: np.ndarray  # confusion counts, rows = true
-    normalized: np.ndarray  # row-normalised
-
-
-def evaluate_scores(
-    scores: np.ndarray, targets: np.ndarray, class_names: Sequence[str], *, loss: float | None = None,
-    from_logits: bool = True,
-) -> Evaluation:
-    """Every metric of the package over one set of predictions; F1 over the classes present."""
-    names = list(class_names)
-    labels = sorted(set(np.asarray(targets).tolist()))
-    metrics = M.compute_metrics(scores, targets, loss=loss, num_classes=len(names), from_logits=from_logits, labels=labels)
-    probs = M.softmax(scores) if from_logits else scores
-    preds = probs.argmax(1)
-    counts, normalized = M.confusion_matrices(targets, preds, len(names))
-    return Evaluation(
-        metrics=metrics, probs=probs, targets=np.asarray(targets), preds=preds, labels=labels, class_names=names,
-        per_class=M.per_class_metrics(targets, preds, names, labels=labels),
-        report_text=M.classification_report_text(targets, preds, names, labels=labels),
-        report_dict=M.classification_report_dict(targets, preds, names, labels=labels),
-        counts=counts, normalized=normalized,
-    )
-
-
-def write_evaluation(
-    evaluation: Evaluation, out_dir: Path, *, figures_dir: Path | None = None, label: str, header: str = ""
-) -> dict[str, Path]:
-    """Write classification_report.txt, per_class.json, confusion_counts.json in ``out_dir`` and the
-    confusion heatmaps (counts, row-normalised) and reliability diagram in ``figures_dir``
-    (default ``out_dir``). Returns the figures as ``{"confusion_counts": path, ...}``."""
-    out_dir = Path(out_dir)
-    figures_dir = Path(figures_dir) if figures_dir is not None else out_dir
-    figures_dir.mkdir(parents=True, exist_ok=True)
-    e = evaluation
-    RunFolder(out_dir).write_text("classification_report.txt", f"{label}\n{header}\n\n{e.report_text}")
-    write_json(out_dir / "confusion_counts.json", {"class_names": e.class_names, "counts": e.counts.tolist()})
-    write_json(out_dir / "per_class.json", e.per_class)
-    return {
-        "confusion_counts": plots.plot_confusion(
-            e.counts, e.class_names, figures_dir / "confusion_counts.png", normalized=False,
-            title=f"Confusion (counts) - {label}",
-        ),
-        "confusion_normalized": plots.plot_confusion(
-            e.normalized, e.class_names, figures_dir / "confusion_normalized.png", normalized=True,
-            title=f"Confusion (row-normalised recall) - {label}", row_counts=e.counts.sum(axis=1),
-        ),
-        "reliability": plots.plot_reliability(e.probs, e.targets, figures_dir / "reliability.png", title=f"Reliability - {label}"),
-    }
-
-
-def write_predictions(evaluation: Evaluation, path: Path) -> Path:
-    """Per-image predictions in the order the images were scored (the validation loader does not
-    shuffle, so runs on the same data line up image by image): ``targets`` and ``preds`` (N,) int,
-    ``probs`` (N, C) float32 and ``class_names`` (C,), in one ``.npz`` file."""
-    e = evaluation
-    write_npz(
-        Path(path), targets=np.asarray(e.targets, dtype=np.int64), preds=np.asarray(e.preds, dtype=np.int64),
-        probs=np.asarray(e.probs, dtype=np.float32), class_names=np.asarray(e.class_names),
-    )
-    return Path(path)

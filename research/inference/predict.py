@@ -1,8 +1,8 @@
 """New-image predictions: any folder of photos, scored raw, after a Haar face crop and/or after
-landmark alignment (:mod:`research.align`), side by side.
+landmark alignment (:mod:`research.faces.align`), side by side.
 
 Preprocessing is never re-typed here: the model and its eval transform are rebuilt
-from the run folder (:func:`research.inference.load_run`), so a photo goes through exactly
+from the run folder (:func:`research.inference.loaded.load_run`), so a photo goes through exactly
 what validation images went through.
 """
 
@@ -16,24 +16,28 @@ from typing import Any
 
 import numpy as np
 
-from research import explain, plots
-from research.align import LandmarkAligner
-from research.builders import face_detector
+from research import plots
 from research.data.classes import label_from_filename, try_canonical_name
 from research.data.images import ImageDecodeError, is_image_path, load_image
-from research.faces import HaarFaceCropper, NoFaceFoundError
-from research.inference import LoadedRun, linked_wandb_run, load_onnx, load_run, predict_arrays
+from research.errors import InputFileError
+from research.faces.factory import FaceDetector, face_detector
+from research.faces.geometry import NoFaceFoundError
+from research.faces.settings import MODES, resolve_mode
+from research.inference import explain
+from research.inference.comparison import CROP_MODES, compare_modes, summary_table
+from research.inference.loaded import (
+    LoadedRun,
+    linked_wandb_run,
+    load_onnx,
+    load_run,
+    predict_arrays,
+)
+from research.tracking.names import safe_name
 from research.tracking.runs import RunFolder, write_json
 from research.tracking.wandb_log import WandbRun
 
 log = logging.getLogger(__name__)
 
-MODES = {  # "none": old name of raw; "both" stays raw + haar
-    "raw": ("raw",), "none": ("raw",), "haar": ("haar",), "aligned": ("aligned",), "both": ("raw", "haar"),
-    "all": ("raw", "haar", "aligned"),
-}
-CROP_MODES = ("haar", "aligned")  # modes that run a face detector
-Cropper = HaarFaceCropper | LandmarkAligner
 
 
 @dataclass
@@ -58,7 +62,7 @@ def read_new_images(folder: str | Path) -> tuple[list[NewImage], list[str]]:
     """Decode every image under ``folder``; non-images and broken files are skipped and reported."""
     folder = Path(folder)
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist")
+        raise InputFileError(f"image folder {folder} does not exist")
     images, skipped = [], []
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
         name = str(path.relative_to(folder))
@@ -72,12 +76,13 @@ def read_new_images(folder: str | Path) -> tuple[list[NewImage], list[str]]:
     for message in skipped:
         log.warning("%s", message)
     if not images:
-        raise FileNotFoundError(f"no readable images (jpg/png/webp/bmp...) in {folder}")
+        raise InputFileError(f"no readable images (jpg/png/webp/bmp...) in {folder}")
     return images, skipped
 
 
 def _safe_stem(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(name).with_suffix("").as_posix())
+    """An image's name (``sub/x.jpg``) as the stem of the files made from it (``sub_x``)."""
+    return safe_name(Path(name).with_suffix("").as_posix(), fill="_")
 
 
 def predict_images(
@@ -85,7 +90,7 @@ def predict_images(
     images: Sequence[NewImage],
     *,
     mode: str,
-    cropper: Cropper | None,
+    cropper: FaceDetector | None,
     out_dir: Path,
     gradcam: bool = False,
 ) -> list[dict[str, Any]]:
@@ -158,7 +163,7 @@ def _gradcam_or_none(loaded: LoadedRun, tensors: Any, winners: np.ndarray) -> np
         return None
 
 
-def _crop_or_none(cropper: Cropper, item: NewImage):
+def _crop_or_none(cropper: FaceDetector, item: NewImage):
     """The face crop; ``None`` when no face was found and the cropper does not fall back."""
     try:
         return cropper(item.image, name=item.name)
@@ -168,58 +173,6 @@ def _crop_or_none(cropper: Cropper, item: NewImage):
 
 def _json_record(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in {"original", "crop", "preprocessed", "gradcam_overlay"}}
-
-
-def compare_modes(
-    by_mode: dict[str, list[dict[str, Any]]], *, skipped_no_face: Sequence[str] | dict[str, Sequence[str]] = ()
-) -> dict[str, Any]:
-    """Faces found and accuracy per mode (when labels are known) and the images whose winner changed.
-
-    ``skipped_no_face``: per crop mode, images left out because no face was found (no fallback);
-    they count in its ``no_face`` and are listed under ``skipped_no_face`` (a plain list means haar).
-    ``changes`` lists raw -> haar changes; ``changes_by_mode`` holds raw -> each crop mode's.
-    """
-    skipped = skipped_no_face if isinstance(skipped_no_face, dict) else {"haar": skipped_no_face}
-    out: dict[str, Any] = {"modes": {}}
-    for mode, records in by_mode.items():
-        labelled = [r for r in records if r["correct"] is not None]
-        stats = out["modes"][mode] = {
-            "images": len(records), "labelled": len(labelled),
-            "accuracy": (sum(r["correct"] for r in labelled) / len(labelled)) if labelled else None,
-            "no_face": sum(1 for r in records if r.get("face_found") is False),
-            "mean_confidence": float(np.mean([r["confidence"] for r in records])) if records else None,
-        }
-        if mode in CROP_MODES:
-            left_out = list(skipped.get(mode, ()))
-            stats["no_face"] += len(left_out)
-            stats["skipped_no_face"] = left_out
-            stats["faces_found"] = sum(1 for r in records if r.get("face_found"))
-    if "raw" in by_mode:
-        raw = {r["image"]: r for r in by_mode["raw"]}
-        out["changes_by_mode"] = {}
-        for mode in (m for m in CROP_MODES if m in by_mode):
-            changes = []
-            for r in by_mode[mode]:
-                before = raw.get(r["image"])
-                if before and before["winner"] != r["winner"]:
-                    changes.append(
-                        {"image": r["image"], "true": r["true"], "raw": before["winner"], mode: r["winner"],
-                         "face_found": r["face_found"], "effect": _effect(before, r)}
-                    )
-            out["changes_by_mode"][mode] = changes
-        if "haar" in by_mode:
-            out["changes"] = out["changes_by_mode"]["haar"]
-    return out
-
-
-def _effect(raw: dict[str, Any], cropped: dict[str, Any]) -> str:
-    if raw["true"] is None:
-        return "changed"
-    if cropped["correct"] and not raw["correct"]:
-        return "fixed by crop"
-    if raw["correct"] and not cropped["correct"]:
-        return "broken by crop"
-    return "changed (both wrong)"
 
 
 def predict_folder(
@@ -241,7 +194,7 @@ def predict_folder(
     (not for an exported model, which has no gradients)."""
     loaded = loaded or load_run(run.path if isinstance(run, RunFolder) else run, which=checkpoint)
     # Built first: a missing alignment extra stops the command before anything is written.
-    croppers = {m: face_detector(m, loaded.faces, fallback=fallback) for m in MODES[face] if m in CROP_MODES}
+    croppers = {m: face_detector(m, loaded.faces, fallback=fallback) for m in MODES[resolve_mode(face)] if m in CROP_MODES}
     images, skipped = read_new_images(images_dir)
     out_root = Path(out) if out else loaded.predictions_dir
     assert out_root is not None
@@ -250,7 +203,7 @@ def predict_folder(
         gradcam = False
     by_mode = {
         mode: predict_images(loaded, images, mode=mode, cropper=croppers.get(mode), out_dir=out_root / mode, gradcam=gradcam)
-        for mode in MODES[face]
+        for mode in MODES[resolve_mode(face)]
     }
     cam_sheet = out_root / "gradcam_sheet.png"
     if any("gradcam_overlay" in r for records in by_mode.values() for r in records):
@@ -298,39 +251,6 @@ def _side_by_side_panels(by_mode: dict[str, list[dict[str, Any]]], out_root: Pat
     return written
 
 
-def summary_table(comparison: dict[str, Any]) -> list[str]:
-    """Markdown rows: one column per mode (raw / haar / aligned) with faces found, accuracy on the
-    labelled images and winners changed against raw. Used by the console summary and the report."""
-    modes = comparison.get("modes") or {}
-    names = [m for m in ("raw", *CROP_MODES) if m in modes]
-    changes = comparison.get("changes_by_mode") or ({"haar": comparison["changes"]} if "changes" in comparison else {})
-
-    def faces(mode: str) -> str:
-        s = modes[mode]
-        if mode == "raw":
-            return "no detector"
-        found = s.get("faces_found", s["images"] - s["no_face"] + len(s.get("skipped_no_face", [])))
-        return f"{found} of {found + s['no_face']}"
-
-    def accuracy(mode: str) -> str:
-        s = modes[mode]
-        return "n/a (no labels)" if s["accuracy"] is None else f"{s['accuracy']:.3f} ({s['labelled']} labelled)"
-
-    def changed(mode: str) -> str:
-        if mode == "raw":
-            return "-"
-        if mode not in changes:
-            return "n/a"
-        effects = [c["effect"] for c in changes[mode]]
-        fixed, broken = effects.count("fixed by crop"), effects.count("broken by crop")
-        return f"{len(effects)} ({fixed} fixed, {broken} broken)"
-
-    rows = [("faces found", faces), ("accuracy", accuracy), ("winners changed vs raw", changed)]
-    lines = ["| | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
-    lines += [f"| {label} | " + " | ".join(cell(m) for m in names) + " |" for label, cell in rows]
-    return lines
-
-
 def _log_summary(comparison: dict[str, Any]) -> None:
     for mode, s in comparison["modes"].items():
         acc = "n/a (no labels)" if s["accuracy"] is None else f"{s['accuracy']:.3f} on {s['labelled']} labelled"
@@ -356,7 +276,7 @@ def predict_cli(
     defaults to ``<model folder>/predictions``."""
     if onnx is not None:
         if not Path(images).is_dir():
-            raise FileNotFoundError(f"image folder {images} does not exist")
+            raise InputFileError(f"image folder {images} does not exist")
         loaded = load_onnx(onnx)
         result = predict_folder(None, images, face=face, out=out, checkpoint=onnx.name, fallback=fallback, loaded=loaded)
         log.info("predictions written to %s", result["out"])
