@@ -43,12 +43,12 @@ from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
-from research.builders.data import build_loaders, load_data, usable_cpus
+from research.builders.data import build_loaders, load_data
 from research.builders.model import build_model, normalization, train_transform
 from research.builders.training import build_trainer
 from research.cli import setup_logging
 from research.config import load_config
-from research.engine.runtime import resolve_device
+from research.engine.runtime import resolve_device, usable_cpus
 from research.errors import UserError
 
 log = logging.getLogger("benchmarks.loader_throughput")

@@ -49,11 +49,11 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from research.builders.data import num_workers, usable_cpus
+from research.builders.data import num_workers
 from research.cli import setup_logging
 from research.config import load_config
 from research.data.datasets import carve_validation, find_split_dir, scan_split
-from research.engine.runtime import resolve_device
+from research.engine.runtime import resolve_device, usable_cpus
 from research.train import train
 
 log = logging.getLogger("benchmarks.time_to_accuracy")

@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, WeightedRa
 from research.config import ConfigError
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle, load_datasets
-from research.engine.runtime import seed_worker
+from research.engine.runtime import seed_worker, usable_cpus
 from research.faces.factory import face_crop_step
 
 DISTRIBUTED_BALANCED = (
@@ -37,13 +37,6 @@ def num_workers(data_cfg: DictConfig, *, device: torch.device | None = None, pro
 
 def _is_cuda(device: torch.device | None) -> bool:
     return torch.cuda.is_available() if device is None else device.type == "cuda"
-
-
-def usable_cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def load_data(cfg: DictConfig, *, val_files: list[str] | None = None) -> DataBundle:
