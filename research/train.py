@@ -146,14 +146,9 @@ def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> E
 
     logits = predict_logits(trainer.model, inputs(), device=trainer.device, tta=trainer.tta)
     target = torch.cat(targets)
-    # The loss as the trainer computes it: the run's loss function, averaged batch by batch.
-    loss_sum, size = 0.0, val_loader.batch_size or len(target)
-    with torch.no_grad():
-        for start in range(0, len(target), size):
-            chunk = slice(start, start + size)
-            batch_loss = trainer.loss_fn(logits[chunk].to(trainer.device), target[chunk].to(trainer.device))
-            loss_sum += batch_loss.item() * len(target[chunk])
-    return evaluate_scores(logits.numpy(), target.numpy(), list(CANONICAL_CLASSES), loss=loss_sum / max(len(target), 1))
+    # The loss as the trainer's validation computes it: the run's criterion over all images at once.
+    loss = trainer.epoch_loss(logits.numpy(), target.numpy())
+    return evaluate_scores(logits.numpy(), target.numpy(), list(CANONICAL_CLASSES), loss=loss)
 
 
 def write_final_evaluation(run: RunFolder, trainer: Trainer, val_loader: DataLoader, *, label: str, recorder: RunRecorder) -> Evaluation:

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # The metrics of a checkpoint that a summary carries (the selected one's in ``best``).
-SUMMARY_METRICS = ("val/loss", "val/acc", "val/top2", "val/macro_f1", "val/weighted_f1", "val/ece")
+# ``val/loss`` is the training criterion (class weights, label smoothing), ``val/nll`` plain cross-entropy.
+SUMMARY_METRICS = ("val/loss", "val/nll", "val/acc", "val/top2", "val/macro_f1", "val/weighted_f1", "val/ece")
 DEFAULT_MONITOR = "val/macro_f1"
 SYNTHETIC_DATASET = "synthetic demo data"
 
