@@ -376,17 +376,25 @@ def sweep_main(argv: Sequence[str] | None = None) -> None:
         "sweep",
         "Run a W&B sweep YAML locally, offline, with W&B's own search engine (grid/random/bayes, hyperband "
         "early termination). Each trial is a normal training run (an offline W&B run to sync later); "
-        "runs/sweeps/<sweep-id>/ gets trials.csv and best.json, and the trial run folders under trials/. "
-        "Running the same command again with the same --sweep-id continues the sweep. Online, use "
-        "`wandb sweep` + `wandb agent` instead.",
+        "<run.dir>/sweeps/<sweep-id>/ (run.dir defaults to runs) gets trials.csv, best.json, sweep.yaml and "
+        "engine.json (what the search engine was given and its random state), and the trial run folders under "
+        "trials/. Running the same command again with the same --sweep-id continues the sweep exactly: the "
+        "same proposals as one longer invocation, interrupted trials resumed with their parameters. Online, use "
+        "`wandb sweep` + `wandb agent` instead; `poetry run sync-runs` uploads a local sweep as a W&B sweep.",
         EPILOG_OVERRIDES + "\nexamples:\n  poetry run sweep sweeps/scratch_cnn.yaml --count 4 data.root=demo train.epochs=2\n"
-        "  poetry run sweep sweeps/scratch_cnn.yaml --count 8 --sweep-id lr-search data.root=data/dataset_emociones",
+        "  poetry run sweep sweeps/scratch_cnn.yaml --count 8 --sweep-id lr-search data.root=data/dataset_emociones\n"
+        "  poetry run sweep sweeps/scratch_cnn.yaml --count 4 --sweep-id lr-search data.root=data/dataset_emociones"
+        "   # 4 more trials of the same sweep",
         overrides=True,
     )
     parser.add_argument("sweep_yaml", type=Path, help="a W&B sweep YAML (see sweeps/)")
-    parser.add_argument("--count", type=_positive_int, default=8, help="new trials to run (default: %(default)s)")
-    parser.add_argument("--sweep-id", help="name of runs/sweeps/<id>; an existing one is continued (default: <yaml stem>-<time>)")
-    parser.add_argument("--seed", type=int, help="seed of the search engine's proposals (default: fresh each sweep)")
+    parser.add_argument("--count", type=_positive_int, default=8, help="new trials to run (default: %(default)s; the YAML's run_cap caps the total)")
+    parser.add_argument("--sweep-id", help="name of <run.dir>/sweeps/<id>; an existing one is continued (default: <yaml stem>-<time>)")
+    parser.add_argument(
+        "--seed", type=int,
+        help="seed of the search engine's proposals (default: fresh each sweep); a continued sweep keeps the state "
+        "saved with it, and a --seed other than the one it started with is refused",
+    )
 
     def action(args: argparse.Namespace, overrides: list[str]) -> int:
         from research.sweep import run_local_sweep
