@@ -391,7 +391,9 @@ def _sweeps(sweeps: Sequence[SweepRecord], figures: _Figures) -> list[str]:
             )
         else:
             lines.append("- Best trial: none (no trial has a metric yet)")
-        config = figures.copy(f"sweeps/{_slug(sweep.sweep_id)}", sweep.path / "sweep.yaml", "sweep.yaml")
+        if sweep.url:
+            lines.append(f"- On W&B: [{sweep.name or sweep.sweep_id}]({sweep.url})")
+        config = figures.copy(f"sweeps/{_slug(sweep.sweep_id)}", sweep.path / "sweep.yaml", "sweep.yaml") if sweep.path else None
         if config:
             lines.append(f"- Sweep config: [sweep.yaml]({config})")
         lines.append("")
