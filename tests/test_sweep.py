@@ -322,3 +322,39 @@ def test_run_cap_caps_the_local_sweep_too(tmp_path, monkeypatch):
     run_local_sweep(spec, count=5, sweep_id="c", root=tmp_path, seed=0)
     run_local_sweep(spec, count=5, sweep_id="c", root=tmp_path)
     assert len(_table(tmp_path / "c")) == 2
+
+
+def test_sync_runs_makes_a_local_sweep_a_wandb_sweep(tmp_path, monkeypatch):
+    """After `wandb sync` of its trials (a fake server here), a local sweep becomes a W&B sweep of exactly
+    those runs (wandb.sweep with prior_runs), in the sweep's project; a second sync-runs creates none."""
+    import research.pipeline as pipeline_mod
+    from research.tracking.wandb_log import WandbRun
+    from research.tracking.wandb_offline import sync_offline_runs
+    from tests.fake_wandb import FakeServer
+
+    def train_with_a_record(cfg, **kwargs):
+        summary = fake_train(cfg, **kwargs)
+        run = WandbRun(run_id=cfg.run.name, run_dir=Path(summary.run_dir), config=flatten(cfg), mode="offline",
+                       project=cfg.wandb.project, group=cfg.wandb.group)
+        run.log_epoch({"epoch": 1, "val/macro_f1": summary.best["val/macro_f1"]})
+        summary.wandb = run.record()
+        run.finish()
+        from research.tracking.runs import RunFolder
+
+        RunFolder(summary.run_dir).write_summary(summary.to_dict())
+        return summary
+
+    monkeypatch.setattr(pipeline_mod, "train", train_with_a_record)
+    spec = _write(tmp_path, {"method": "grid", "project": DEFAULT_PROJECT, "metric": {"name": "val/macro_f1", "goal": "maximize"},
+                             "parameters": {"optim.lr": {"values": [1e-3, 1e-2]}}})
+    run_local_sweep(spec, count=2, sweep_id="s", root=tmp_path / "sweeps", seed=0)
+    server = FakeServer().install(monkeypatch)
+    report = sync_offline_runs([tmp_path / "sweeps"])
+    assert report.failed == 0, report.lines
+    (sweep,) = server.sweeps
+    assert sweep["prior_runs"] == ["s-t01", "s-t02"] and sweep["project"] == DEFAULT_PROJECT
+    assert sweep["config"]["parameters"] == {"optim.lr": {"values": [1e-3, 1e-2]}}
+    saved = json.loads((tmp_path / "sweeps" / "s" / "wandb_sweep.json").read_text())
+    assert saved == {"id": "sweep1", "project": DEFAULT_PROJECT, "entity": None, "runs": ["s-t01", "s-t02"]}
+    again = sync_offline_runs([tmp_path / "sweeps"])
+    assert len(server.sweeps) == 1 and any("already W&B sweep fer-research/sweep1 of 2 trial(s)" in line for line in again.lines)

@@ -326,7 +326,7 @@ def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_c
     groups = sorted((k for k in rows[0] if k.startswith("lr/backbone_")), key=lambda k: int(k.rsplit("_", 1)[1]))
     assert len(groups) >= 3 and rows[0]["lr/head"] == rows[0]["lr"]
     assert rows[0][groups[-1]] == pytest.approx(0.5 * rows[0]["lr/head"])
-    for lower, upper in zip(groups, groups[1:]):
+    for lower, upper in zip(groups, groups[1:], strict=False):
         assert rows[0][lower] == pytest.approx(0.8 * rows[0][upper])
     card = write_model_card(Path(summary.run_dir), tmp_path / "card.md").read_text()
     assert "lr 0.002, backbone at 0.5x, layer-wise decay 0.8 per layer group" in card

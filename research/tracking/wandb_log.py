@@ -111,6 +111,7 @@ class WandbRun:
         self.run = None
         self._wandb = None
         self._uploads: PendingUploads | None = None
+        self._kept_before = 0  # items the upload list held before this run added any (mode deferred)
         self.project, self.entity = project, entity
         self._root = Path(wandb_dir) if wandb_dir else Path(run_dir)
         if self.mode == "disabled":
@@ -293,8 +294,9 @@ class WandbRun:
 
     def finish(self, exit_code: int = 0) -> None:
         if self.mode == "deferred":
-            log.info("W&B: kept for run %s in %s; `poetry run sync-runs %s` uploads it into that run",
-                     self.uploads.run.id, self.uploads.folder, self._root)
+            if len(self.uploads.items) > self._kept_before:
+                log.info("W&B: kept for run %s in %s; `poetry run sync-runs %s` uploads it into that run",
+                         self.uploads.run.id, self.uploads.folder, self._root)
             return
         if self.run is None:
             return
@@ -325,6 +327,7 @@ def deferred_run(root: Path, ref: RunRef) -> WandbRun:
     wandb_run = WandbRun(run_id=ref.id, run_dir=root, config={}, enabled=False)
     wandb_run.mode = "deferred"
     wandb_run._uploads = PendingUploads(uploads_dir(root, ref.id), ref)
+    wandb_run._kept_before = len(wandb_run._uploads.items)
     return wandb_run
 
 
