@@ -77,7 +77,7 @@ def phases(run: Path, images: Path, face: str) -> dict[str, float | int | list[s
         setattr(owner, attr, wrapper)
 
     timed(predict_module, "load_run", "model load")
-    timed(predict_module, "linked_wandb_run", "W&B setup")
+    timed(predict_module, "training_wandb_run" if hasattr(predict_module, "training_wandb_run") else "linked_wandb_run", "W&B setup")
     timed(predict_module, "read_new_images", "image reading")
     timed(predict_module, "_crop_or_none", "detection")
     timed(predict_module, "predict_arrays", "forward")

@@ -376,17 +376,25 @@ def sweep_main(argv: Sequence[str] | None = None) -> None:
         "sweep",
         "Run a W&B sweep YAML locally, offline, with W&B's own search engine (grid/random/bayes, hyperband "
         "early termination). Each trial is a normal training run (an offline W&B run to sync later); "
-        "runs/sweeps/<sweep-id>/ gets trials.csv and best.json, and the trial run folders under trials/. "
-        "Running the same command again with the same --sweep-id continues the sweep. Online, use "
-        "`wandb sweep` + `wandb agent` instead.",
+        "<run.dir>/sweeps/<sweep-id>/ (run.dir defaults to runs) gets trials.csv, best.json, sweep.yaml and "
+        "engine.json (what the search engine was given and its random state), and the trial run folders under "
+        "trials/. Running the same command again with the same --sweep-id continues the sweep exactly: the "
+        "same proposals as one longer invocation, interrupted trials resumed with their parameters. Online, use "
+        "`wandb sweep` + `wandb agent` instead; `poetry run sync-runs` uploads a local sweep as a W&B sweep.",
         EPILOG_OVERRIDES + "\nexamples:\n  poetry run sweep sweeps/scratch_cnn.yaml --count 4 data.root=demo train.epochs=2\n"
-        "  poetry run sweep sweeps/scratch_cnn.yaml --count 8 --sweep-id lr-search data.root=data/dataset_emociones",
+        "  poetry run sweep sweeps/scratch_cnn.yaml --count 8 --sweep-id lr-search data.root=data/dataset_emociones\n"
+        "  poetry run sweep sweeps/scratch_cnn.yaml --count 4 --sweep-id lr-search data.root=data/dataset_emociones"
+        "   # 4 more trials of the same sweep",
         overrides=True,
     )
     parser.add_argument("sweep_yaml", type=Path, help="a W&B sweep YAML (see sweeps/)")
-    parser.add_argument("--count", type=_positive_int, default=8, help="new trials to run (default: %(default)s)")
-    parser.add_argument("--sweep-id", help="name of runs/sweeps/<id>; an existing one is continued (default: <yaml stem>-<time>)")
-    parser.add_argument("--seed", type=int, help="seed of the search engine's proposals (default: fresh each sweep)")
+    parser.add_argument("--count", type=_positive_int, default=8, help="new trials to run (default: %(default)s; the YAML's run_cap caps the total)")
+    parser.add_argument("--sweep-id", help="name of <run.dir>/sweeps/<id>; an existing one is continued (default: <yaml stem>-<time>)")
+    parser.add_argument(
+        "--seed", type=int,
+        help="seed of the search engine's proposals (default: fresh each sweep); a continued sweep keeps the state "
+        "saved with it, and a --seed other than the one it started with is refused",
+    )
 
     def action(args: argparse.Namespace, overrides: list[str]) -> int:
         from research.sweep import run_local_sweep
@@ -404,6 +412,16 @@ def _positive_int(value: str) -> int:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _positive_seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
     return number
 
 
@@ -443,20 +461,39 @@ def pipeline_main(argv: Sequence[str] | None = None) -> None:
 
 # --- sync-runs ----------------------------------------------------------------------------
 def sync_runs_main(argv: Sequence[str] | None = None) -> None:
+    from research.tracking.wandb_offline import DEFAULT_TIMEOUT
+
     parser = _parser(
         "sync-runs",
-        "Upload offline W&B runs: finds every offline-run-* under the given folders, points the files W&B "
-        "staged for them (model artifact, tables) at where the run folder is now (after copying runs/ to "
-        "another machine or HOME), then runs `wandb sync` on them. Needs `wandb login` and the network.",
-        "examples:\n  poetry run sync-runs runs/\n  poetry run sync-runs runs/scratch_cnn-20260101-120000 --dry-run",
+        "Upload offline W&B runs: every offline-run-* under the given folders goes up with `wandb sync` (one "
+        "call per record, each with a time limit), then what the run kept as plain files (tables, the "
+        "interactive confusion matrix, the model artifact, predict's table) goes into the same W&B run, and a "
+        "local sweep folder becomes a W&B sweep of its trials. Works after moving runs/ to another machine. "
+        "Prints one line per record, upload list and sweep: synced, uploaded, or skipped with the reason; "
+        "running it again uploads nothing twice. Exit code 0 when nothing was skipped, 1 when something was, "
+        "2 without a login or when the server does not answer. Needs `wandb login` (or WANDB_API_KEY) and the network.",
+        "examples:\n  poetry run sync-runs runs/\n  poetry run sync-runs runs/scratch_cnn-20260101-120000 --dry-run\n"
+        "  poetry run sync-runs runs/sweeps/lr-search --timeout 600   # a slow connection",
     )
-    parser.add_argument("paths", nargs="+", type=Path, help="run folders, folders of runs, or offline-run-* folders")
-    parser.add_argument("--dry-run", action="store_true", help="show what would be uploaded (wandb sync --dry-run)")
+    parser.add_argument("paths", nargs="+", type=Path, help="run folders, folders of runs, sweep folders, or offline-run-* folders")
+    parser.add_argument("--dry-run", action="store_true", help="show what would be uploaded (wandb sync --dry-run); needs no login")
+    parser.add_argument(
+        "--timeout", type=_positive_seconds, default=DEFAULT_TIMEOUT, metavar="SECONDS",
+        help="the longest wait for W&B per record (wandb sync) and per upload (default: %(default)g)",
+    )
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.tracking.wandb_offline import sync_offline_runs
 
-        return sync_offline_runs(args.paths, ["--dry-run"] if args.dry_run else [])
+        report = sync_offline_runs(args.paths, dry_run=args.dry_run, timeout=args.timeout)
+        for line in report.lines:
+            _print(line)
+        if report.error is not None:
+            raise report.error
+        if report.failed:
+            log.error("%d of %d skipped (the reasons are above); the rest is on W&B", report.failed, len(report.lines))
+            return 1
+        return 0
 
     run_main(parser, argv, action)
 

@@ -133,10 +133,14 @@ class FacesConfig:
     align_upsample: int = 0  # aligned crop: dlib detector upsampling passes (1 finds ~40 px faces at ~4x the time)
 
 
+# The W&B project of every run, sweep (the `project:` of sweeps/*.yaml, checked by tests/test_sweep.py) and report.
+DEFAULT_PROJECT = "fer-research"
+
+
 @dataclass
 class WandbConfig:
     mode: str = "auto"  # auto | online | offline | disabled
-    project: str = "fer-research"
+    project: str = DEFAULT_PROJECT
     entity: str | None = None
     group: str | None = None
     tags: list[str] = field(default_factory=list)

@@ -41,7 +41,7 @@ TRAIN_STYLE: dict[str, object] = {"color": "tab:blue", "marker": "o", "linestyle
 VAL_STYLE: dict[str, object] = {"color": "tab:orange", "marker": "s", "linestyle": "--"}
 # metric key suffix -> (axis label, higher is better)
 CURVE_METRICS: dict[str, tuple[str, bool]] = {
-    "loss": ("cross-entropy loss", False),
+    "loss": ("loss (training criterion)", False),
     "acc": ("accuracy", True),
     "top2": ("top-2 accuracy", True),
     "macro_f1": ("macro F1", True),
@@ -83,10 +83,11 @@ def plot_curves(
     best_epoch: int | None = None,
     train_label: str = "train",
 ) -> list[Path]:
-    """Train vs validation curves per epoch: ``curves_{loss,acc,top2,macro_f1}.png`` (+ ``curves_lr.png``).
+    """Train vs validation curves per epoch: ``curves_{loss,acc,top2,macro_f1}.png`` (+ ``curves_lr.png``,
+    the learning rate of every parameter group).
 
     Args:
-        history: one row per epoch with ``epoch``, ``train/<m>``, ``val/<m>`` and ``lr``.
+        history: one row per epoch with ``epoch``, ``train/<m>``, ``val/<m>``, ``lr`` and ``lr/<group>``.
         out_dir: folder the PNGs are written to.
         title_suffix: appended to every title, e.g. ``"(synthetic demo data)"``.
         best_epoch: the epoch whose checkpoint was kept; marked on every curve. When
@@ -130,18 +131,33 @@ def plot_curves(
         ax.legend(loc="best")
         paths.append(_save(fig, out_dir / f"curves_{key}.png"))
 
-    if "lr" in frame.columns:
-        fig, ax = plt.subplots(figsize=(7, 3.5))
-        lr = frame["lr"].to_numpy(dtype=float)
-        ax.plot(epochs, lr, color="tab:purple", marker="o", markersize=5)
-        finite_lr = lr[np.isfinite(lr)]
-        if finite_lr.size and np.all(finite_lr > 0):
-            ax.set_yscale("log")
-        _style_epoch_axis(ax, epochs)
-        ax.set_ylabel("learning rate")
-        ax.set_title(_join_title("learning-rate schedule", title_suffix))
-        paths.append(_save(fig, out_dir / "curves_lr.png"))
-    return paths
+    lr_path = _plot_learning_rates(frame, epochs, out_dir, title_suffix)
+    return paths + ([lr_path] if lr_path is not None else [])
+
+
+def _plot_learning_rates(frame: pd.DataFrame, epochs: np.ndarray, out_dir: Path, title_suffix: str) -> Path | None:
+    """``curves_lr.png``: one line per parameter group (``lr/head``, ``lr/backbone``, ...), or the single
+    ``lr`` column of runs recorded before every group was logged."""
+    columns = [c for c in frame.columns if c.startswith("lr/")] or [c for c in ("lr",) if c in frame.columns]
+    if not columns:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    all_rates = []
+    for column in columns:
+        rates = frame[column].to_numpy(dtype=float)
+        all_rates.append(rates)
+        ax.plot(epochs, rates, marker="o", markersize=5, label=column.removeprefix("lr/"),
+                **({"color": "tab:purple"} if len(columns) == 1 else {}))
+    finite = np.concatenate(all_rates)
+    finite = finite[np.isfinite(finite)]
+    if finite.size and np.all(finite > 0):
+        ax.set_yscale("log")
+    _style_epoch_axis(ax, epochs)
+    ax.set_ylabel("learning rate")
+    if len(columns) > 1:
+        ax.legend(loc="best", title="parameter group")
+    ax.set_title(_join_title("learning-rate schedule", title_suffix))
+    return _save(fig, out_dir / "curves_lr.png")
 
 
 def _style_epoch_axis(ax: Axes, epochs: np.ndarray) -> None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
@@ -38,7 +39,7 @@ from research.config import ConfigError, check_inputs, flatten, to_yaml
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle
 from research.engine.distributed import Distributed
-from research.engine.runtime import measure_latency, resolve_device, seed_everything
+from research.engine.runtime import latency_timings, resolve_device, seed_everything
 from research.engine.trainer import EpochOutput, Trainer
 from research.inference.evaluation import (
     Evaluation,
@@ -146,14 +147,9 @@ def evaluate_best(run: RunFolder, trainer: Trainer, val_loader: DataLoader) -> E
 
     logits = predict_logits(trainer.model, inputs(), device=trainer.device, tta=trainer.tta)
     target = torch.cat(targets)
-    # The loss as the trainer computes it: the run's loss function, averaged batch by batch.
-    loss_sum, size = 0.0, val_loader.batch_size or len(target)
-    with torch.no_grad():
-        for start in range(0, len(target), size):
-            chunk = slice(start, start + size)
-            batch_loss = trainer.loss_fn(logits[chunk].to(trainer.device), target[chunk].to(trainer.device))
-            loss_sum += batch_loss.item() * len(target[chunk])
-    return evaluate_scores(logits.numpy(), target.numpy(), list(CANONICAL_CLASSES), loss=loss_sum / max(len(target), 1))
+    # The loss as the trainer's validation computes it: the run's criterion over all images at once.
+    loss = trainer.epoch_loss(logits.numpy(), target.numpy())
+    return evaluate_scores(logits.numpy(), target.numpy(), list(CANONICAL_CLASSES), loss=loss)
 
 
 def write_final_evaluation(run: RunFolder, trainer: Trainer, val_loader: DataLoader, *, label: str, recorder: RunRecorder) -> Evaluation:
@@ -345,11 +341,12 @@ def _conclude(
     summary.final = {k: last_row.get(k) for k in SUMMARY_METRICS if k in last_row}
     summary.train_seconds = round(state.train_seconds, 3)
     summary.train_images_per_s = round(state.train_images / max(state.train_seconds, 1e-9), 2)
-    summary.latency_ms_per_image = round(
-        measure_latency(trainer.model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size)), 3
-    )
+    timings = latency_timings(trainer.model, (cfg.data.channels, cfg.data.image_size, cfg.data.image_size))
+    summary.latency_ms_per_image = round(float(np.median(timings)), 3)
+    # the spread of the repeated timings: the report calls one model faster only beyond it
+    summary.latency_ms_quartiles = [round(float(q), 3) for q in np.percentile(timings, [25, 75])]
     summary.wall_seconds = round(time.perf_counter() - start, 3)
-    summary.wandb = {"mode": recorder.wandb.mode, "offline_dir": recorder.wandb.offline_dir, "project": cfg.wandb.project}
+    summary.wandb = recorder.wandb.record()
     recorder.finish(log_model=cfg.wandb.log_model, model_metadata={"model": cfg.model.name, **summary.best}, after=after_fit)
     log.info(
         "finished %s: best epoch %d  val acc %.3f  top2 %.3f  macro-F1 %.3f  (%s)",

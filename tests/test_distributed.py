@@ -46,7 +46,7 @@ def ddp_run(tmp_path_factory, tiny_dataset) -> dict:
     """
     runs, home = tmp_path_factory.mktemp("ddp_runs"), tmp_path_factory.mktemp("ddp_home")
     first = torchrun([*FAST, f"data.root={tiny_dataset}", f"run.dir={runs}", "run.name=ddp", "train.device=cpu",
-                      "train.ema_decay=0.5"], home)
+                      "train.ema_decay=0.5", "train.label_smoothing=0.1", "train.class_weighting=sqrt"], home)
     run = runs / "ddp"
     after_first = {
         "stdout": first.stdout, "folders": sorted(p.name for p in runs.iterdir()),
@@ -75,7 +75,8 @@ def test_two_processes_write_one_complete_run_folder(ddp_run):
 @pytest.mark.slow
 def test_two_process_metrics_equal_one_process_evaluation_of_best(ddp_run, tiny_dataset, tmp_path):
     """Every validation image counted once: the gathered epoch metrics and the summary equal best.pt
-    scored by one process on the whole validation set."""
+    scored by one process on the whole validation set; the loss (a class-weighted, label-smoothed
+    criterion here) is computed over the whole epoch, so the ranks' batching does not change it."""
     run = ddp_run["run"]
     loaded = load_run(run, which="best", device="cpu")
     single = evaluate_run(loaded, tiny_dataset, split="validation", out=tmp_path)
@@ -85,8 +86,12 @@ def test_two_process_metrics_equal_one_process_evaluation_of_best(ddp_run, tiny_
     for key in METRICS:
         assert summary["best"][f"val/{key}"] == pytest.approx(single.metrics[key], abs=1e-6), key
         assert best_row[f"val/{key}"] == pytest.approx(single.metrics[key], abs=1e-6), key
-    # The loss is a float32 sum over batches here and one float32 mean there.
-    assert best_row["val/loss"] == pytest.approx(single.metrics["loss"], abs=1e-5)
+    assert "loss" not in single.metrics  # evaluate reports plain cross-entropy only, as nll
+    assert best_row["val/nll"] == pytest.approx(single.metrics["nll"], abs=1e-6)
+    assert summary["best"]["val/nll"] == pytest.approx(single.metrics["nll"], abs=1e-6)
+    # the training criterion: the history's (two ranks, batched) equals the final evaluation's (one process)
+    assert best_row["val/loss"] == pytest.approx(summary["best"]["val/loss"], abs=1e-6)
+    assert best_row["val/loss"] != pytest.approx(best_row["val/nll"], abs=1e-3)  # the criterion is not plain CE here
 
 
 @pytest.mark.slow

@@ -19,9 +19,19 @@ import pytest
 import torch
 from PIL import Image
 
-from research.cli import evaluate_main, pipeline_main, predict_main, sweep_main, train_main
+from research.cli import (
+    evaluate_main,
+    pipeline_main,
+    predict_main,
+    sweep_main,
+    sync_runs_main,
+    train_main,
+)
 from research.tracking.runs import RunFolder
+from research.tracking.uploads import PendingUploads, find_uploads
+from research.tracking.wandb_offline import find_records
 from tests.conftest import FAST, interrupt_after_epoch
+from tests.fake_wandb import FakeServer
 from tests.wandb_reader import read_offline_run
 
 
@@ -317,10 +327,161 @@ def test_unreachable_wandb_server_trains_and_records_offline(tmp_path, tiny_data
     assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=w", "wandb.mode=auto", "wandb.init_timeout=5")) == 0
     summary = RunFolder(tmp_path / "w").read_summary()
     assert summary["status"] == "finished" and summary["wandb"]["mode"] == "offline"
-    assert "recording offline instead" in caplog.text and "sync-runs" in caplog.text
+    assert "Recording offline instead" in caplog.text and "sync-runs" in caplog.text
     assert "Traceback" not in caplog.text
     (record,) = (tmp_path / "w" / "wandb").glob("offline-run-*")
     assert read_offline_run(record).summary["val/acc"] == pytest.approx(summary["best"]["val/acc"])
+    assert not list((tmp_path / "w" / "wandb").glob("run-*"))  # the half-started online record is parked
+
+
+# --- 26.8: an online start that fails leaves one record and says why -----------------------------------
+def test_a_failed_online_start_parks_its_half_started_record_and_says_why(tmp_path, monkeypatch, caplog):
+    """A key but no server: W&B's real client gives up after wandb.init_timeout; the half-started online
+    record goes to wandb/failed-online/ (sync-runs skips it), the offline record is the only one, and the
+    warning says how long it waited and why."""
+    import re
+
+    from research.tracking.wandb_log import WandbRun
+
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    run = WandbRun(run_id="w", run_dir=tmp_path, config={}, mode="online", init_timeout=1)
+    run.log_epoch({"epoch": 1, "train/loss": 1.0})
+    run.finish()
+    wandb_dir = tmp_path / "wandb"
+    assert not list(wandb_dir.glob("run-*"))
+    assert len(list((wandb_dir / "failed-online").glob("run-*-w"))) == 1
+    (record,) = wandb_dir.glob("offline-run-*-w")
+    assert find_records([tmp_path]) == [record.resolve()]
+    assert re.search(r"W&B online start failed after \d+\.\d s: no answer from http://127\.0\.0\.1:\d+ within "
+                     r"wandb\.init_timeout=1 s", caplog.text), caplog.text
+    assert "failed-online" in caplog.text and "at most" not in caplog.text
+
+
+def test_an_online_start_without_a_login_says_so_at_once(tmp_path, monkeypatch, caplog):
+    import re
+    import time
+
+    from research.tracking.wandb_log import WandbRun
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    started = time.monotonic()
+    run = WandbRun(run_id="n", run_dir=tmp_path, config={}, mode="online", init_timeout=20)
+    run.finish()
+    assert time.monotonic() - started < 15  # not the 20 s init_timeout: there was nothing to wait for
+    assert re.search(r"failed after \d+\.\d s: not logged in to W&B \(run `poetry run wandb login` or set "
+                     r"WANDB_API_KEY\)", caplog.text), caplog.text
+    assert len(list((tmp_path / "wandb").glob("offline-run-*-n"))) == 1 and not list((tmp_path / "wandb").glob("run-*"))
+
+
+# --- 26.9, 26.22: sync-runs without a login, with a damaged record, to an unreachable server ------------
+def offline_records(tmp_path: Path, names: list[str]) -> list[Path]:
+    """Run folders holding one small offline W&B record each (copies of one real record)."""
+    from research.tracking.wandb_log import WandbRun
+
+    run = WandbRun(run_id="r", run_dir=tmp_path / "src", config={"optim.lr": 0.1}, mode="offline")
+    for epoch in range(1, 4):
+        run.log_epoch({"epoch": epoch, "train/loss": 1.0 / epoch})
+    run.finish()
+    folders = []
+    for name in names:
+        shutil.copytree(tmp_path / "src", tmp_path / "runs" / name)
+        folders.append(tmp_path / "runs" / name)
+    shutil.rmtree(tmp_path / "src")
+    return folders
+
+
+def test_sync_runs_without_a_login_is_exit_2_and_sends_nothing(tmp_path, monkeypatch, caplog):
+    (run,) = offline_records(tmp_path, ["a"])
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    assert cli(sync_runs_main, [str(tmp_path / "runs")]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == ["sync-runs uploads to W&B and needs a login: run `poetry run wandb login` or set WANDB_API_KEY. "
+                      "Nothing was uploaded."]
+    assert not list(run.rglob("*.synced")) and "Traceback" not in caplog.text
+
+
+def test_sync_runs_names_a_damaged_record_and_syncs_the_others(tmp_path, monkeypatch, capsys, caplog):
+    good, header, middle = offline_records(tmp_path, ["good", "header", "middle"])
+    (record,) = header.glob("wandb/offline-run-*/run-*.wandb")
+    record.write_bytes(b"\0" * 8 + record.read_bytes()[8:])
+    (record,) = middle.glob("wandb/offline-run-*/run-*.wandb")
+    data = bytearray(record.read_bytes())
+    data[2000:2100] = bytes(b ^ 0xFF for b in data[2000:2100])
+    record.write_bytes(bytes(data))
+    server = FakeServer().install(monkeypatch)
+    assert cli(sync_runs_main, [str(tmp_path / "runs")]) == 1
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines())
+    outcome = {Path(k).parents[1].name: v for k, v in lines.items()}
+    assert outcome["good"] == "synced"
+    assert outcome["header"].startswith("skipped: run-r.wandb is damaged (it does not start as a W&B run file)")
+    assert outcome["middle"].startswith("skipped: wandb sync exited with 1: wandb: ERROR could not read") and "CRC" in outcome["middle"]
+    assert list(server.runs) == ["r"] and len(server.sync_calls) == 2  # the damaged header never reached wandb sync
+    assert "2 of 3 skipped" in caplog.text and "Traceback" not in caplog.text
+
+
+@pytest.mark.slow
+def test_sync_runs_to_an_unreachable_server_stops_at_the_timeout_with_a_message(tmp_path, monkeypatch, capsys, caplog):
+    """The real `wandb sync` against a closed port: stopped after --timeout, the rest not tried, exit 2."""
+    import time
+
+    offline_records(tmp_path, ["a", "b"])
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
+    monkeypatch.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{closed_port()}")
+    started = time.monotonic()
+    assert cli(sync_runs_main, [str(tmp_path / "runs"), "--timeout", "4"]) == 2
+    assert time.monotonic() - started < 60
+    out = capsys.readouterr().out.splitlines()
+    assert "no answer from http://127.0.0.1:" in out[0] and "within 4 s (wandb sync stopped)" in out[0]
+    assert out[1].endswith("not tried (the server did not answer)")
+    assert "did not answer within --timeout 4 s" in caplog.text and "Traceback" not in caplog.text
+    assert not list((tmp_path / "runs").rglob("*.synced"))
+
+
+# --- 26.16: predict logs into the training run -----------------------------------------------------------
+def test_predict_logs_its_table_into_the_training_run(tmp_path, tiny_dataset, monkeypatch, caplog):
+    """Offline: the table joins the training run's upload list (no separate <run>-predict run) and
+    sync-runs puts it into the training run. Online: the training run is reopened; when that fails, the
+    table waits in the upload list and the log says so."""
+    caplog.set_level(logging.INFO)
+    assert cli(train_main, train_args(tiny_dataset, tmp_path / "runs", "run.name=p", "wandb.mode=offline")) == 0
+    run = tmp_path / "runs" / "p"
+    argv = ["--run", str(run), str(tiny_dataset / "validation" / "alegria"), "--face", "raw", "--no-gradcam", "--out", str(tmp_path / "o")]
+    assert cli(predict_main, argv) == 0
+    assert [f.name.rsplit("-", 1)[1] for f in (run / "wandb").glob("offline-run-*")] == ["p"]  # no p-predict run
+    uploads = PendingUploads.open(find_uploads([run])[0])
+    logged = {key for item in uploads.items if item["kind"] == "log" for key in item["data"]}
+    assert uploads.run.id == "p" and {"predictions/new_images", "predictions/raw_sheet"} <= logged
+    assert "kept for run p" in caplog.text and "sync-runs" in caplog.text
+    server = FakeServer().install(monkeypatch)
+    assert cli(sync_runs_main, [str(run)]) == 0
+    assert len(server.logged("p")["predictions/new_images"].data) > 0
+    # a run recorded online: reopened when it can be, kept for sync-runs when it cannot
+    summary = RunFolder(run).read_summary()
+    RunFolder(run).write_summary({**summary, "wandb": {**summary["wandb"], "mode": "online"}})
+    sessions = len(server.sessions)
+    assert cli(predict_main, [*argv, "--wandb", "online"]) == 0
+    (reopened,) = server.sessions[sessions:]
+    assert reopened.id == "p" and reopened.finished and any("predictions/new_images" in data for data in reopened.logged)
+    server.runs.clear()
+    caplog.clear()
+    assert cli(predict_main, [*argv, "--wandb", "online"]) == 0
+    assert "could not be reopened" in caplog.text and "kept for run p" in caplog.text
+    pending = PendingUploads.open(find_uploads([run])[0]).pending
+    assert "predictions/new_images" in {key for item in pending for key in item.get("data", {})}
+
+
+# --- 26.24: a sweep writes its trials under the run.dir it was given -------------------------------------
+def test_a_sweep_honours_run_dir(tmp_path, tiny_dataset, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "grid.yaml"
+    spec.write_text(SWEEP.format(values="[0.01]"))
+    argv = [str(spec), "--sweep-id", "d", "--count", "1", *FAST, f"data.root={tiny_dataset}", f"run.dir={tmp_path / 'mine'}"]
+    assert cli(sweep_main, argv) == 0
+    folder = tmp_path / "mine" / "sweeps" / "d"
+    assert capsys.readouterr().out.strip() == str(folder)
+    assert _trials(folder)[0]["state"] == "finished" and (folder / "trials" / "d-t01" / "summary.json").exists()
+    assert not (tmp_path / "runs").exists()
 
 
 def test_empty_wandb_mode_counts_as_unset(tmp_path, tiny_dataset, monkeypatch):

@@ -38,6 +38,7 @@ def test_perfect_predictions() -> None:
     metrics = compute_metrics(one_hot(targets.tolist()), targets, from_logits=False, loss=0.25)
     assert metrics == {
         "loss": 0.25,
+        "nll": 0.0,
         "acc": 1.0,
         "top2": 1.0,
         "macro_f1": 1.0,
@@ -45,6 +46,16 @@ def test_perfect_predictions() -> None:
         "ece": 0.0,
     }
     assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_nll_is_plain_cross_entropy_from_logits_or_probabilities() -> None:
+    import torch
+
+    rng = np.random.default_rng(0)
+    logits, targets = rng.normal(size=(50, 7)) * 3, rng.integers(0, 7, 50)
+    expected = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(targets)).item()
+    assert compute_metrics(logits, targets)["nll"] == pytest.approx(expected, rel=1e-9)
+    assert compute_metrics(softmax(logits), targets, from_logits=False)["nll"] == pytest.approx(expected, rel=1e-9)
 
 
 def test_all_wrong() -> None:

@@ -40,8 +40,10 @@ def test_card_of_a_trained_run(trained_run, tmp_path):
     assert "the training weights of the best epoch" in recipe and "one view per image" in recipe
     metrics = _section(card, "## Metrics")
     assert "**One seed**" in metrics
-    for key, name in (("val/acc", "accuracy"), ("val/macro_f1", "macro-F1"), ("val/ece", "ECE")):
+    for key, name in (("val/acc", "accuracy"), ("val/macro_f1", "macro-F1"), ("val/ece", "ECE"),
+                      ("val/loss", "loss (the training criterion"), ("val/nll", "NLL (plain cross-entropy)")):
         assert re.search(rf"\| {re.escape(name)}[^|]* \| {summary['best'][key]:.3f} \|", metrics)
+    assert "- training criterion (`loss`): cross-entropy, label smoothing" in recipe
     assert f"ECE {summary['best']['val/ece']:.3f}" in _section(card, "## Calibration")
     weak = _section(card, "## Known weaknesses")
     per_class = {k: v for k, v in json.loads((trained_run / "per_class.json").read_text()).items() if v["support"] > 0}

@@ -72,6 +72,31 @@ def test_plot_curves_writes_every_curve(tmp_path: Path, epochs: int) -> None:
         assert_png(path)
 
 
+def line_colours(path: Path, colours: dict[str, str]) -> set[str]:
+    """Which of ``colours`` (name -> matplotlib colour) cover at least 200 pixels of the PNG."""
+    from matplotlib.colors import to_rgb
+
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    found = set()
+    for name, colour in colours.items():
+        rgb = np.array([round(c * 255) for c in to_rgb(colour)])
+        if (np.abs(pixels - rgb).max(axis=2) <= 8).sum() >= 200:
+            found.add(name)
+    return found
+
+
+def test_the_lr_curve_draws_every_parameter_group(tmp_path: Path) -> None:
+    rows = history_rows(4)
+    for row in rows:
+        row.update({"lr/head": row["lr"], "lr/backbone_1": row["lr"] * 0.5, "lr/backbone_0": row["lr"] * 0.4})
+    (path,) = [p for p in plots.plot_curves(rows, tmp_path) if p.name == "curves_lr.png"]
+    cycle = {"tab:blue": "tab:blue", "tab:orange": "tab:orange", "tab:green": "tab:green", "tab:red": "tab:red"}
+    assert line_colours(path, cycle) == {"tab:blue", "tab:orange", "tab:green"}  # three groups, three lines
+    (old,) = [p for p in plots.plot_curves(history_rows(4), tmp_path / "old") if p.name == "curves_lr.png"]
+    assert line_colours(old, {"tab:purple": "tab:purple", **cycle}) == {"tab:purple"}  # a run with the lr column only
+
+
 def test_plot_curves_accepts_dataframe_and_best_epoch(tmp_path: Path) -> None:
     frame = pd.DataFrame(history_rows(3)).drop(columns=["lr", "train/top2", "val/top2"])
     paths = plots.plot_curves(frame, tmp_path, best_epoch=2)

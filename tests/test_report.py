@@ -65,13 +65,16 @@ def make_run(
     status: str = "finished",
     final_train_acc: float = 0.9,
     dataset: str | None = None,
+    spread: tuple[float, float] | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> RunFolder:
     """A run folder with the files the trainer writes (numbers chosen by the test).
 
-    ``dataset`` names a real dataset; by default real runs use dataset_emociones."""
+    ``dataset`` names a real dataset; by default real runs use dataset_emociones. ``spread``: the quartiles of
+    the repeated latency timings (default: latency x 0.9 and x 1.1); ``overrides``: config keys."""
     run = RunFolder(root / run_id)
     run.path.mkdir(parents=True)
-    run.write_text("config.yaml", to_yaml(load_config(None, [f"model.name={model}"])))
+    run.write_text("config.yaml", to_yaml(load_config(None, [f"model.name={model}", *overrides])))
     run.write_history(
         [
             {"epoch": 1, "train/loss": 1.8, "train/acc": 0.4, "val/loss": 1.7, "val/acc": 0.45, "lr": 1e-3},
@@ -92,6 +95,7 @@ def make_run(
         "image_size": 64, "best_epoch": 2, "epochs_run": 2, "monitor": "val/macro_f1",
         "best": best_metrics(acc, f1, ece), "final": best_metrics(acc, f1, ece),
         "train_seconds": 12.5, "train_images_per_s": 112.0, "latency_ms_per_image": latency,
+        "latency_ms_quartiles": list(spread or (round(latency * 0.9, 3), round(latency * 1.1, 3))),
     }  # fmt: skip
     if status != "finished":
         for key in ("best", "final", "best_epoch"):
@@ -249,16 +253,17 @@ def test_conclusions_are_computed_per_dataset(runs_root: Path, tmp_path: Path) -
         "0.50 accuracy points."
     ) in real
     assert (
-        "- **mobilenet_v3_large** is the fastest at inference: 4.00 ms/image on CPU at batch 1, 3.0x faster "
-        "than the best model, resnet18 (12.00 ms/image); it gives up 6.0 points of macro-F1 (0.640 vs 0.700)."
+        "- **mobilenet_v3_large** is faster at inference than the best model, resnet18: 4.00 ms/image (repeated "
+        "timings 3.60-4.40) against 12.00 ms/image (repeated timings 10.80-13.20), 3.0x (CPU, batch 1); it gives "
+        "up 6.0 points of macro-F1 (0.640 vs 0.700)."
     ) in real
     assert (
-        "- **mobilenet_v3_large** is the smallest: 5.50 M parameters, 2.0x fewer parameters than the best "
-        "model, resnet18 (11.00 M); it gives up 6.0 points of macro-F1 (0.640 vs 0.700)."
+        "- **mobilenet_v3_large** is smaller than the best model, resnet18: 5.50 M parameters against 11.00 M, "
+        "2.0x fewer; it gives up 6.0 points of macro-F1 (0.640 vs 0.700)."
     ) in real
     assert (
-        "- **resnet18** is the best calibrated: lowest validation ECE, 0.050 (the worst is "
-        "mobilenet_v3_large at 0.120)."
+        "- **resnet18** is the best calibrated configuration: validation ECE 0.050 (the worst: "
+        "mobilenet_v3_large, 0.120)."
     ) in real
     assert (
         "The most frequent confusion is true **fear** predicted as **sadness**: 6 of 16 fear validation "
@@ -283,7 +288,7 @@ def test_conclusions_are_computed_per_dataset(runs_root: Path, tmp_path: Path) -
         "(raw, no crop), against an accuracy of 0.667 on 3 labelled image(s), so it is over-confident by "
         "3.3 points."
     ) in demo
-    assert "- **scratch_cnn** has a validation ECE of 0.200" in demo
+    assert "- **scratch_cnn** has a validation ECE of 0.200 (0 is perfect calibration)." in demo
     # Nothing compares runs across datasets.
     assert "scratch_cnn" not in real and "resnet18" not in demo
     assert "Caution" not in markdown and "different datasets" not in markdown
@@ -401,6 +406,34 @@ def test_wandb_runs_fill_the_comparison_table(monkeypatch, tmp_path: Path) -> No
     assert "https://wandb.ai/me/fer-research/runs/b" in markdown
 
 
+def test_wandb_sweep_runs_are_reported_with_their_sweep(monkeypatch, tmp_path: Path) -> None:
+    """`report --wandb`: the server is asked for finished runs only; a run of a W&B sweep is a trial of
+    that sweep (its own section, ranked by the sweep metric), not a single run."""
+    import wandb
+    from research.sweep import load_sweep_yaml
+    from tests.fake_wandb import FakeApi, FakeSweep, api_run
+
+    config = load_sweep_yaml(Path(__file__).resolve().parents[1] / "sweeps" / "scratch_cnn.yaml")
+    sweep = FakeSweep("abc123", config["name"], config, "https://wandb.ai/me/fer-research/sweeps/abc123")
+    api = FakeApi([
+        api_run("single", model="resnet18", f1=0.6),
+        api_run("bright-sun-1", model="scratch_cnn", f1=0.7, overrides=("optim.lr=0.001",), sweep=sweep, created_at="2026-01-01T00:00:01"),
+        api_run("calm-sea-2", model="scratch_cnn", f1=0.9, overrides=("optim.lr=0.01",), sweep=sweep, created_at="2026-01-01T00:00:02"),
+        api_run("crashed-3", model="scratch_cnn", f1=0.99, state="crashed", sweep=sweep),
+    ])  # fmt: skip
+    monkeypatch.setattr(wandb, "Api", api)
+    markdown = report_cli([], tmp_path / "results.md", wandb_path="me/fer-research").read_text()
+    assert api.asked == [("me/fer-research", {"state": "finished"})]
+    demo = section(markdown, "## Dataset: synthetic demo data (SYNTHETIC demo data, 100 train / 50 validation)")
+    assert len(table_rows(demo, "resnet18")) == 1 and "bright-sun-1" not in demo and "calm-sea-2" not in demo
+    sweeps = markdown.split("### Sweep `abc123`", 1)[1]
+    assert f"- On W&B: [{config['name']}](https://wandb.ai/me/fer-research/sweeps/abc123)" in sweeps
+    assert "- Best trial: 2 (run `calm-sea-2`), val/macro_f1 0.900, with optim.lr=0.01" in sweeps
+    trial_rows = [line for line in sweeps.splitlines() if line.startswith("| ") and "`" in line]
+    assert [row.split(" | ")[1] for row in trial_rows] == ["`calm-sea-2`", "`bright-sun-1`"]  # best first
+    assert "crashed-3" not in markdown
+
+
 def make_sweep(root: Path, sweep_id: str, trials: list[tuple[float, str, float | None]]) -> Path:
     """A sweep folder as research.sweep writes it: sweep.yaml, trials.csv, best.json and a
     run folder per trial under trials/ (on synthetic demo data). ``trials``: (lr, state, metric)."""
@@ -469,8 +502,11 @@ def test_datasets_and_sweeps_are_reported_apart(two_datasets_and_a_sweep: Path, 
         assert "lr-sweep" not in body and "Caution" not in body and "different datasets" not in body
     fer = tables[FER].split("### Conclusions on fer2013", 1)[1]
     assert "**scratch_cnn_small** with 0.450 (accuracy 0.500), 5.0 points above the runner-up, efficientnet_b0 (0.400)." in fer
-    assert "- **scratch_cnn_small**, the best model, is also the fastest at inference (1.00 ms/image on CPU at batch 1)." in fer
-    assert "- **scratch_cnn_small**, the best model, is also the smallest (1.17 M parameters)." in fer
+    assert ("- **scratch_cnn_small**, the best model, is also the fastest at inference: 1.00 ms/image (repeated timings "
+            "0.90-1.10) against 9.00 ms/image (repeated timings 8.10-9.90) for efficientnet_b0, the fastest other model "
+            "(CPU, batch 1).") in fer
+    assert ("- **scratch_cnn_small**, the best model, is also the smallest: 1.17 M parameters against 4.00 M for "
+            "efficientnet_b0, the smallest other model.") in fer
     assert "resnet18" not in fer and "scratch_cnn " not in fer
 
     sweeps = section(markdown, "## Sweeps")
@@ -536,11 +572,42 @@ def test_compare_across_datasets_keeps_one_ranking(runs_root: Path, tmp_path: Pa
         "- Caution: the runs used 2 different datasets (dataset_emociones, synthetic demo data); "
         "validation scores are only comparable between runs on the same data."
     )
-    assert "**scratch_cnn** is the fastest at inference: 3.00 ms/image" in conclusions
+    assert "**scratch_cnn** is faster at inference than the best model, resnet18: 3.00 ms/image" in conclusions
 
     with pytest.raises(SystemExit):
         report_main(["--runs", str(runs_root), "--out", str(out)])
     assert "## Comparison\n" not in out.read_text() and REAL in out.read_text()
+
+
+def test_conclusions_never_compare_noise(tmp_path: Path) -> None:
+    """Seeds of one architecture differ in latency by CPU load, not by model: no speed or size "win" between
+    two configurations of it; calibration is picked and stated per configuration, mean ± std over seeds; two
+    architectures whose repeated timings overlap are not called faster, nor models of equal size smaller."""
+    root = tmp_path / "runs"
+    for seed, (f1, ece, latency) in enumerate([(0.70, 0.10, 2.0), (0.68, 0.14, 7.2), (0.69, 0.12, 3.0)]):
+        make_run(root, f"a-s{seed}", model="scratch_cnn", f1=f1, acc=f1, ece=ece, synthetic=False, latency=latency,
+                 params=1_000_000, overrides=("optim.lr=0.001", f"run.seed={seed}"))
+    for seed, (f1, ece, latency) in enumerate([(0.60, 0.02, 9.0), (0.58, 0.32, 2.1), (0.61, 0.05, 2.2)]):
+        make_run(root, f"b-s{seed}", model="scratch_cnn", f1=f1, acc=f1, ece=ece, synthetic=False, latency=latency,
+                 params=1_000_000, overrides=("optim.lr=0.01", f"run.seed={seed}"))
+    conclusions = build_report(collect_runs([root]), tmp_path / "r.md").split("### Conclusions on", 1)[1]
+    assert "faster" not in conclusions and "fastest" not in conclusions and "smaller" not in conclusions
+    assert "fewer" not in conclusions
+    # the lowest-ECE run (b-s0, 0.02) belongs to the configuration with the higher mean ECE
+    assert ("- **scratch_cnn (optim.lr=0.001)** is the best calibrated configuration: validation ECE 0.120 ± 0.020 "
+            "over 3 seeds (the worst: scratch_cnn (optim.lr=0.01), 0.130 ± 0.165 over 3 seeds); the runner-up, "
+            "scratch_cnn (optim.lr=0.01) (0.130 ± 0.165 over 3 seeds), is within the seeds' spread.") in conclusions
+
+    other = tmp_path / "other"
+    make_run(other, "r", model="resnet18", f1=0.7, acc=0.7, ece=0.1, synthetic=False, latency=12.0, params=1_000_000,
+             spread=(8.0, 16.0))
+    make_run(other, "m", model="mobilenet_v3_large", f1=0.6, acc=0.6, ece=0.1, synthetic=False, latency=11.0,
+             params=1_050_000, spread=(9.0, 13.0))
+    conclusions = build_report(collect_runs([other]), tmp_path / "o.md").split("### Conclusions on", 1)[1]
+    assert ("- Inference speed does not separate **resnet18** (12.00 ms/image (repeated timings 8.00-16.00)) from "
+            "**mobilenet_v3_large** (11.00 ms/image (repeated timings 9.00-13.00)): their repeated timings overlap "
+            "(CPU, batch 1), so neither is called faster.") in conclusions
+    assert "parameters" not in conclusions  # 1.00 M against 1.05 M: no size claim
 
 
 def test_overfitting_check_says_when_train_accuracy_was_measured_on_mixed_batches() -> None:

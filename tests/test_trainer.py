@@ -321,6 +321,13 @@ def test_layer_decay_and_drop_path_train_a_pretrained_timm_model_and_reach_the_c
                             "optim.backbone_lr_mult=0.5", "optim.layer_decay=0.8", "model.drop_path=0.1"))
     rows = _history(Path(summary.run_dir))
     assert all(math.isfinite(r["train/loss"]) for r in rows)
+    # every parameter group's rate in history.csv: the head at lr, the top backbone group at lr x 0.5, each
+    # group below at 0.8 x the one above; "lr" stays the head's
+    groups = sorted((k for k in rows[0] if k.startswith("lr/backbone_")), key=lambda k: int(k.rsplit("_", 1)[1]))
+    assert len(groups) >= 3 and rows[0]["lr/head"] == rows[0]["lr"]
+    assert rows[0][groups[-1]] == pytest.approx(0.5 * rows[0]["lr/head"])
+    for lower, upper in zip(groups, groups[1:], strict=False):
+        assert rows[0][lower] == pytest.approx(0.8 * rows[0][upper])
     card = write_model_card(Path(summary.run_dir), tmp_path / "card.md").read_text()
     assert "lr 0.002, backbone at 0.5x, layer-wise decay 0.8 per layer group" in card
     assert "- stochastic depth: residual blocks dropped with rate up to 0.1 in training (`model.drop_path`)" in card

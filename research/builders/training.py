@@ -26,28 +26,31 @@ def build_optimizer(model: nn.Module, optim_cfg: DictConfig) -> torch.optim.Opti
     start at ``lr * backbone_lr_mult`` and the new head's at ``lr``. With ``optim.layer_decay`` d < 1
     (layer-wise decay) the backbone's layer groups (:meth:`FERClassifier.backbone_layers`) step down
     from the output: the last one at ``lr * backbone_lr_mult``, the one below at ``d`` times that, the
-    stem at ``d ** (L - 1)`` times it. The scheduler scales every group by the same factor. The head's
-    groups come first, so ``param_groups[0]`` carries the logged lr."""
+    stem at ``d ** (L - 1)`` times it. The scheduler scales every group by the same factor. Each group is
+    named for the history's ``lr/<name>`` columns: ``all`` (one rate), else ``head``, then ``backbone``
+    or, with layer decay, ``backbone_<i>`` (``i`` counted from the stem, 0). The head's groups come
+    first, so ``param_groups[0]`` carries the ``lr`` column."""
     mult = float(optim_cfg.get("backbone_lr_mult", 1.0))
     layer_decay = float(optim_cfg.get("layer_decay", 1.0))
     split = (mult != 1.0 or layer_decay != 1.0) and hasattr(model, "head_parameters")
     if not split:
         layers = [list(model.parameters())]
-        rates = [optim_cfg.lr]
+        rates, names = [optim_cfg.lr], ["all"]
     else:
         head_ids = {id(h) for h in model.head_parameters()}
         backbone = model.backbone_layers() if layer_decay != 1.0 else [[p for p in model.parameters() if id(p) not in head_ids]]
         layers = [model.head_parameters(), *reversed(backbone)]
         rates = [optim_cfg.lr] + [optim_cfg.lr * mult * layer_decay**depth for depth in range(len(backbone))]
+        names = ["head", *(f"backbone_{len(backbone) - 1 - depth}" if layer_decay != 1.0 else "backbone" for depth in range(len(backbone)))]
         if layer_decay != 1.0:
             log.info("layer-wise lr decay %g over %d backbone layer groups: the last at %.2e, the stem at %.2e (head %.2e)",
                      layer_decay, len(backbone), rates[1], rates[-1], rates[0])
     groups = []
-    for params_of_layer, lr in zip(layers, rates, strict=True):
+    for params_of_layer, lr, name in zip(layers, rates, names, strict=True):
         for decay in (True, False):
             params = [p for p in params_of_layer if (p.ndim > 1) == decay]
             if params:
-                groups.append({"params": params, "weight_decay": optim_cfg.weight_decay if decay else 0.0, "lr": lr})
+                groups.append({"params": params, "weight_decay": optim_cfg.weight_decay if decay else 0.0, "lr": lr, "name": name})
     if optim_cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=optim_cfg.lr, momentum=optim_cfg.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=optim_cfg.lr)

@@ -89,6 +89,18 @@ def expected_calibration_error(probs: np.ndarray, targets: np.ndarray, n_bins: i
     return float(np.sum(weights * np.abs(bins["accuracy"] - bins["confidence"])))
 
 
+def negative_log_likelihood(scores: np.ndarray, targets: np.ndarray, *, from_logits: bool = True) -> float:
+    """Plain cross-entropy of ``(N, C)`` logits (or probabilities) against ``(N,)`` targets, in nats."""
+    scores = np.asarray(scores, dtype=np.float64)
+    rows = np.arange(len(targets))
+    if from_logits:
+        shifted = scores - scores.max(axis=1, keepdims=True)
+        log_probs = shifted[rows, targets] - np.log(np.exp(shifted).sum(axis=1))
+    else:
+        log_probs = np.log(np.clip(scores[rows, targets], 1e-12, None))
+    return float(-np.mean(log_probs))
+
+
 def compute_metrics(
     logits_or_probs: np.ndarray,
     targets: np.ndarray,
@@ -103,14 +115,16 @@ def compute_metrics(
     Args:
         logits_or_probs: ``(N, C)`` logits (``from_logits=True``) or probabilities.
         targets: ``(N,)`` integer class indices.
-        loss: mean loss over the same predictions, copied to ``"loss"`` when given.
+        loss: the training criterion over the same predictions, copied to ``"loss"`` when given.
         num_classes: expected ``C``; checked against the score width when given.
         labels: class indices that F1 is averaged over (default: all ``C``). A class in
             ``labels`` that neither occurs nor is predicted scores F1 = 0, which is why
             cross-dataset evaluation passes only the classes present.
 
     Returns:
-        ``loss`` (if given), ``acc``, ``top2``, ``macro_f1``, ``weighted_f1``, ``ece`` as floats.
+        ``loss`` (if given), ``nll`` (plain cross-entropy: the mean negative log-probability of the true
+        class, without class weights or label smoothing), ``acc``, ``top2``, ``macro_f1``, ``weighted_f1``,
+        ``ece`` as floats.
         ``acc`` and ``top2`` are over all samples and all ``C`` classes regardless of ``labels``.
     """
     from sklearn.metrics import f1_score, top_k_accuracy_score
@@ -126,6 +140,7 @@ def compute_metrics(
     metrics: dict[str, float] = {}
     if loss is not None:
         metrics["loss"] = float(loss)
+    metrics["nll"] = negative_log_likelihood(scores, targets, from_logits=from_logits)
     metrics["acc"] = float(np.mean(preds == targets))
     # sklearn warns and returns 1.0 when k >= C; say so without the warning.
     metrics["top2"] = (

@@ -134,8 +134,8 @@ def set_threads(requested: int = 0, *, processes: int = 1) -> ThreadChoice:
     return choice
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20) -> float:
-    """Median CPU inference latency in milliseconds for one image (batch 1), eval mode."""
+def latency_timings(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20) -> list[float]:
+    """``repeats`` timed CPU forward passes of one image (batch 1, eval mode, after 3 warm-up calls), in ms."""
     cpu_model = copy.deepcopy(model).cpu().eval()
     x = torch.randn(1, *input_shape)
     times = []
@@ -144,5 +144,10 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, repeats: 
             start = time.perf_counter()
             cpu_model(x)
             if i >= 3:
-                times.append(time.perf_counter() - start)
-    return float(np.median(times) * 1000)
+                times.append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20) -> float:
+    """Median CPU inference latency in milliseconds for one image (batch 1), eval mode."""
+    return float(np.median(latency_timings(model, input_shape, repeats=repeats)))

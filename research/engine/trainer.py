@@ -131,6 +131,16 @@ def mix_batch(images: torch.Tensor, mixup_alpha: float, cutmix_alpha: float) -> 
     return mixed, partner, 1 - (y1 - y0) * (x1 - x0) / (h * w)
 
 
+def learning_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The learning rate of every parameter group by its ``name`` (``head``, ``backbone``, ``backbone_3``...,
+    set by :func:`research.builders.training.build_optimizer`), else ``pg<index>``; groups of one name
+    (with and without weight decay) share their rate."""
+    rates: dict[str, float] = {}
+    for index, group in enumerate(optimizer.param_groups):
+        rates.setdefault(str(group.get("name") or f"pg{index}"), float(group["lr"]))
+    return rates
+
+
 class Trainer:
     """Trains a :class:`FERClassifier`; checkpoints best/last; early stopping on ``monitor``."""
 
@@ -254,7 +264,12 @@ class Trainer:
         return loss
 
     def run_epoch(self, loader: DataLoader, *, train: bool, desc: str = "") -> EpochOutput:
-        """One pass over ``loader``; metrics over all of its predictions (of every rank's shard)."""
+        """One pass over ``loader``; metrics over all of its predictions (of every rank's shard).
+
+        ``loss`` is the run's criterion (class weights, label smoothing) computed once over the whole
+        epoch's logits, as every other metric, so it does not depend on how the images were batched or
+        sharded (the final evaluation of a checkpoint gives the same number). Only a training epoch with
+        mixup/CutMix, whose targets are mixed batch by batch, reports the mean of its batches' losses."""
         self.net.train(train)
         all_logits, all_targets = [], []
         loss_sum, seen = 0.0, 0
@@ -287,10 +302,18 @@ class Trainer:
             logits_np, targets_np, loss_sum, seen = self.dist.gather_epoch(
                 shard.indices[shard.real], logits_np, targets_np, loss_sum, seen
             )
-        if not math.isfinite(loss_sum):
-            raise NonFiniteLossError(f"{desc or 'evaluation'} loss is {loss_sum}: the model outputs are not finite")
-        metrics = compute_metrics(logits_np, targets_np, loss=loss_sum / max(seen, 1), num_classes=logits_np.shape[1])
+        mixed = train and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
+        loss = loss_sum / max(seen, 1) if mixed else self.epoch_loss(logits_np, targets_np)
+        if not math.isfinite(loss):
+            raise NonFiniteLossError(f"{desc or 'evaluation'} loss is {loss}: the model outputs are not finite")
+        metrics = compute_metrics(logits_np, targets_np, loss=loss, num_classes=logits_np.shape[1])
         return EpochOutput(metrics, logits_np, targets_np, seconds, seen)
+
+    def epoch_loss(self, logits: np.ndarray, targets: np.ndarray) -> float:
+        """The run's criterion over a whole set of ``(N, C)`` logits at once (not averaged per batch)."""
+        with torch.no_grad():
+            value = self.loss_fn(torch.from_numpy(logits).float().to(self.device), torch.from_numpy(targets).long().to(self.device))
+        return float(value.item())
 
     def train_one_epoch(self, loader: DataLoader) -> EpochOutput:
         return self.run_epoch(loader, train=True, desc=f"train {self.state.epoch + 1}/{self.epochs}")
@@ -367,7 +390,7 @@ class Trainer:
     def _epoch(self, epoch: int, train_loader: DataLoader, val_loader: DataLoader) -> tuple[dict[str, float], EpochOutput]:
         """Train and validate epoch ``epoch`` (0-based); its history row and the validation pass."""
         self._reseed(train_loader, epoch)
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr, rates = self.optimizer.param_groups[0]["lr"], learning_rates(self.optimizer)  # at the epoch's start
         train_out = self.train_one_epoch(train_loader)
         if self.ema is not None:  # each rank averaged its own batch-norm statistics; validate rank 0's
             self.dist.sync_buffers(self.ema.module)
@@ -375,9 +398,10 @@ class Trainer:
         self.state.train_seconds += train_out.seconds
         self.state.train_images += train_out.images
         row: dict[str, float] = {"epoch": epoch + 1}
-        row.update({f"train/{k}": v for k, v in train_out.metrics.items() if k != "ece"})
+        row.update({f"train/{k}": v for k, v in train_out.metrics.items() if k not in ("ece", "nll")})
         row.update({f"val/{k}": v for k, v in val_out.metrics.items()})
-        row["lr"] = lr
+        row["lr"] = lr  # the first group's (the head's), the column older runs have
+        row.update({f"lr/{name}": rate for name, rate in rates.items()})
         row["epoch_seconds"] = train_out.seconds + val_out.seconds
         if self.scheduler is not None and self.scheduler_interval == "epoch":
             if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -435,7 +459,11 @@ class Trainer:
             self.ema.load_state_dict({"module": checkpoint["model"], "updates": ema["updates"]})
         elif self.ema is not None:  # EMA switched on at resume: start the average from here
             self.ema = ModelEma(self.model, self.ema.decay)
+        names = [group.get("name") for group in self.optimizer.param_groups]
         self.optimizer.load_state_dict(checkpoint["optimizer"])
+        for group, name in zip(self.optimizer.param_groups, names, strict=True):  # checkpoints older than the names
+            if name is not None:
+                group["name"] = name
         if self.scheduler is not None and checkpoint.get("scheduler") is not None:
             self.scheduler.load_state_dict(checkpoint["scheduler"])
         if checkpoint.get("scaler"):

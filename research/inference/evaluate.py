@@ -158,9 +158,8 @@ def evaluate_run(
     if not kept_targets:
         raise DatasetLayoutError(f"{data_dir}: no image could be scored")
     target = torch.cat(kept_targets).numpy()
-    probs = torch.softmax(logits, dim=1).numpy()
-    nll = float(torch.nn.functional.cross_entropy(logits, torch.as_tensor(target)).item())
-    evaluation = evaluate_scores(probs, target, loaded.class_names, loss=nll, from_logits=False)
+    # No "loss": the training criterion's class weights belong to the training set; "nll" is plain cross-entropy.
+    evaluation = evaluate_scores(logits.numpy(), target, loaded.class_names)
     names = loaded.class_names
     absent = [names[i] for i in range(len(names)) if i not in evaluation.labels]
     label = f"{loaded.run.run_id} on {Path(data_dir).name}{'/' + split if split else ''}"
@@ -181,7 +180,7 @@ def format_table(result: EvaluationResult) -> str:
     m = result.metrics
     rows = [("images", f"{m['images']}"), ("accuracy", f"{m['acc']:.3f}"), ("top-2", f"{m['top2']:.3f}"),
             ("macro-F1", f"{m['macro_f1']:.3f}"), ("weighted-F1", f"{m['weighted_f1']:.3f}"),
-            ("loss", f"{m['loss']:.3f}"), ("ECE", f"{m['ece']:.3f}"), ("images/s", f"{m['images_per_s']:.1f}")]
+            ("NLL", f"{m['nll']:.3f}"), ("ECE", f"{m['ece']:.3f}"), ("images/s", f"{m['images_per_s']:.1f}")]
     if m.get("no_face") is not None:
         rows.append(("no face found", str(m["no_face"])))
     return "\n".join(f"  {k:<12} {v}" for k, v in rows)
@@ -201,7 +200,7 @@ def evaluate_cli(args: Any) -> EvaluationResult:
     )
     try:
         m = result.metrics
-        wandb_run.update_summary({f"eval/{k}": m[k] for k in ("acc", "top2", "macro_f1", "weighted_f1", "loss", "ece", "images")})
+        wandb_run.update_summary({f"eval/{k}": m[k] for k in ("acc", "top2", "macro_f1", "weighted_f1", "nll", "ece", "images")})
         wandb_run.log_images({f"eval/{p.stem}": p for p in result.out_dir.glob("confusion_*.png")})
     finally:
         wandb_run.finish()

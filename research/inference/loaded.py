@@ -26,7 +26,7 @@ from research.engine.runtime import resolve_device
 from research.inference.model_file import ExportedModelError, OnnxModel
 from research.models.classifier import FERClassifier, mirror_average
 from research.tracking.runs import RunFolder, read_checkpoint
-from research.tracking.wandb_log import WandbRun, linked_run
+from research.tracking.wandb_log import WandbRun, linked_run, training_run
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,21 @@ def linked_wandb_run(
         source_run_id=loaded.run.run_id, run_dir=loaded.run.path, config={**flatten(loaded.cfg), **(extra_config or {})},
         wandb_cfg=loaded.cfg.wandb, job_type=job_type, name=name, mode=mode,
     )
+
+
+def training_wandb_run(loaded: LoadedRun, *, mode: str | None, job_type: str) -> WandbRun:
+    """The W&B run to log work done with a trained run into: the training run itself (reopened online, or
+    its upload list for ``sync-runs``); for a run trained without W&B, a run of its own, grouped with it."""
+    if loaded.run is None or loaded.cfg is None:
+        raise ValueError("a W&B run is linked to a run folder; an exported model has none")
+    recorded = loaded.run.read_summary().get("wandb") or {}
+    wandb_run = training_run(run_id=loaded.run.run_id, run_dir=loaded.run.path, recorded=recorded,
+                             wandb_cfg=loaded.cfg.wandb, mode=mode, init_timeout=loaded.cfg.wandb.init_timeout)
+    if wandb_run is not None:
+        return wandb_run
+    log.info("run %s was trained without W&B (wandb.mode=disabled): logging to a W&B run of its own, %s-%s",
+             loaded.run.run_id, loaded.run.run_id, job_type)
+    return linked_wandb_run(loaded, job_type=job_type, name=job_type, mode=mode)
 
 
 def predict_logits(

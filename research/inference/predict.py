@@ -27,10 +27,10 @@ from research.inference import explain
 from research.inference.comparison import CROP_MODES, compare_modes, summary_table
 from research.inference.loaded import (
     LoadedRun,
-    linked_wandb_run,
     load_onnx,
     load_run,
     predict_arrays,
+    training_wandb_run,
 )
 from research.tracking.names import safe_name
 from research.tracking.runs import RunFolder, write_json
@@ -220,7 +220,8 @@ def predict_folder(
     write_json(out_root / "comparison.json", comparison)
     _log_summary(comparison)
     if wandb_run is not None:
-        wandb_run.log_predictions([r for records in by_mode.values() for r in records], loaded.class_names)
+        wandb_run.log_predictions([r for records in by_mode.values() for r in records], loaded.class_names,
+                                  display_min=explain.DISPLAY_MIN)  # the size of the Grad-CAM files on disk
         for mode, stats in comparison["modes"].items():
             if stats["accuracy"] is not None:
                 wandb_run.update_summary({f"new_images/{mode}_accuracy": stats["accuracy"]})
@@ -269,7 +270,8 @@ def predict_cli(
     run: Path | None, images: Path, *, face: str, out: Path | None, checkpoint: str, fallback: bool,
     wandb_mode: str | None, onnx: Path | None = None, gradcam: bool = True,
 ) -> dict[str, Any]:
-    """``poetry run predict``: predictions plus a W&B run (job type predict) linked to the training run.
+    """``poetry run predict``: predictions, logged into the training run's W&B run (reopened online, else kept
+    for ``sync-runs``, which uploads them into it; a run trained without W&B gets a ``<run>-predict`` run).
 
     With ``onnx`` (an exported model) the images are scored through onnxruntime with the
     preprocessing in the file's metadata; there is no run folder, so no W&B run and ``--out``
@@ -283,7 +285,7 @@ def predict_cli(
         return result
     assert run is not None
     loaded = load_run(run, which=checkpoint)
-    wandb_run = linked_wandb_run(loaded, job_type="predict", name="predict", mode=wandb_mode)
+    wandb_run = training_wandb_run(loaded, mode=wandb_mode, job_type="predict")
     try:
         result = predict_folder(
             loaded.run, images, face=face, out=out, checkpoint=checkpoint, fallback=fallback, wandb_run=wandb_run,

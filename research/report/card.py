@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 
 CARD_METRICS = {
     "acc": "accuracy", "top2": "top-2 accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted F1",
-    "loss": "loss (cross-entropy)", "ece": "ECE (expected calibration error, 15 bins)",
+    "loss": "loss (the training criterion: cross-entropy with the run's label smoothing and class weights)",
+    "nll": "NLL (plain cross-entropy)", "ece": "ECE (expected calibration error, 15 bins)",
 }
 WEAKEST_CLASSES = 3
 CONFUSED_PAIRS = 3
@@ -161,7 +162,7 @@ def _training(record: RunRecord) -> list[str]:
                      f"{c.get('optim.weight_decay', '?')}, {schedule}, {c.get('train.epochs', '?')} epochs planned, "
                      f"batch {c.get('data.batch_size', '?')}")
     if "train.label_smoothing" in c:
-        lines.append(f"- loss: cross-entropy, label smoothing {c['train.label_smoothing']}, class weighting "
+        lines.append(f"- training criterion (`loss`): cross-entropy, label smoothing {c['train.label_smoothing']}, class weighting "
                      f"`{c.get('train.class_weighting', 'none')}`")
     if "augment.preset" in c:
         mixing = [f"{name} alpha {c[key]:g}" for name, key in (("mixup", "train.mixup_alpha"), ("CutMix", "train.cutmix_alpha"))

@@ -29,7 +29,7 @@ from research.inference.comparison import compare_modes
 from research.tracking import wandb_log
 from research.tracking.names import safe_name
 from research.tracking.runs import RunFolder, RunFolderError, read_json
-from research.tracking.summary import RunSummary
+from research.tracking.summary import RunSummary, config_value
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +86,15 @@ class SweepRecord:
     """A sweep folder: its ``best.json`` and ``trials.csv`` plus the trial run folders found in ``trials/``."""
 
     sweep_id: str
-    path: Path
+    path: Path | None  # None for a sweep read from W&B
     metric: str = "?"
     goal: str = "maximize"
     best: dict[str, Any] | None = None  # the best trial's row (best.json, else picked from trials.csv)
     params: list[str] = field(default_factory=list)  # swept parameters, in trials.csv's column order
     trials: list[dict[str, str]] = field(default_factory=list)  # rows of trials.csv
     runs: list[RunRecord] = field(default_factory=list)  # trial run folders, finished or not
+    url: str | None = None  # the W&B sweep page (sweeps read from W&B)
+    name: str | None = None  # the sweep's `name:` (W&B)
 
     def trial_metric(self, trial: dict[str, Any]) -> float | None:
         value = trial.get("metric")
@@ -341,9 +343,9 @@ def wandb_record(raw: dict[str, Any]) -> RunRecord:
 def collect_wandb_runs(path: str) -> RunSet:
     """Finished training runs of W&B project ``ENTITY/PROJECT`` (online only).
 
-    Sweep trials are not told apart here: a W&B run only carries its ``wandb.group`` (the
-    sweep id for local sweeps, but any name a user chose otherwise), so every finished run is
-    a single run and the report compares them per dataset like run folders.
+    The server is asked for finished runs only. A run that belongs to a W&B sweep (``wandb agent``, or a
+    local sweep uploaded by ``sync-runs``) is a trial of that sweep, reported with it as local sweeps are;
+    the other runs are compared per dataset like run folders.
 
     Raises:
         WandbReportError: the project could not be read (no network, not logged in, wrong path).
@@ -360,12 +362,43 @@ def collect_wandb_runs(path: str) -> RunSet:
         raw_runs = wandb_log.fetch_project_runs(path)
     except Exception as err:  # network, auth and API errors all mean the same thing here
         raise WandbReportError(f"could not read W&B project {path}: {err}. {hint}") from err
-    records = [wandb_record(raw) for raw in raw_runs]
-    runs = [r for r in records if r.finished]
-    skipped = [r for r in records if not r.finished]
-    if not runs:
+    singles = [wandb_record(raw) for raw in raw_runs if not raw.get("sweep")]
+    sweeps = wandb_sweeps([raw for raw in raw_runs if raw.get("sweep")])
+    runs = [r for r in singles if r.finished]
+    skipped = [r for r in singles if not r.finished]
+    if not runs and not sweeps:
         raise NoRunsError(f"no finished training runs in W&B project {path}; {TRAIN_HINT}")
-    return RunSet(finish_records(runs), skipped, f"W&B project {path}")
+    return RunSet(finish_records(runs), skipped, f"W&B project {path}", sweeps)
+
+
+def wandb_sweeps(raw_runs: Sequence[dict[str, Any]]) -> list[SweepRecord]:
+    """The W&B sweeps of ``raw_runs`` (entries of :func:`wandb_log.fetch_project_runs` that name a sweep),
+    each with its trials in the order they were created, as a local sweep folder's ``trials.csv`` has them."""
+    by_sweep: dict[str, list[dict[str, Any]]] = {}
+    for raw in raw_runs:
+        by_sweep.setdefault(raw["sweep"]["id"], []).append(raw)
+    sweeps = []
+    for sweep_id, members in sorted(by_sweep.items()):
+        info = members[0]["sweep"]
+        config = info.get("config") or {}
+        metric = config.get("metric") or {}
+        sweep = SweepRecord(sweep_id=sweep_id, path=None, metric=str(metric.get("name") or "?"),
+                            goal=str(metric.get("goal") or "maximize"), params=list(config.get("parameters") or {}),
+                            url=info.get("url"), name=info.get("name"))
+        members = sorted(members, key=lambda raw: (str(raw.get("created_at") or ""), str(raw.get("name"))))
+        for number, raw in enumerate(members, start=1):
+            record = wandb_record(raw)
+            sweep.runs.append(record)
+            summary = raw.get("summary") or {}
+            params = {k: config_value(raw.get("config") or {}, k) for k in sweep.params}
+            sweep.trials.append({
+                "trial": str(number), "run_id": record.run_id, "state": "finished", "metric": summary.get(sweep.metric),
+                "epochs": record.epochs_run, **{k: v for k, v in params.items() if v is not None},
+            })
+        scored = [t for t in sweep.ranked_trials() if sweep.trial_metric(t) is not None]
+        sweep.best = scored[0] if scored else None
+        sweeps.append(sweep)
+    return sweeps
 
 
 def skipped_text(skipped: Sequence[RunRecord]) -> str:

@@ -1,9 +1,17 @@
-"""Conclusions of the report, computed from the numbers; each bullet quotes the numbers it rests on."""
+"""Conclusions of the report, computed from the numbers; each bullet quotes the numbers it rests on.
+
+Comparisons are between configurations (the runs of one config over seeds, :func:`group_runs`), each
+stated as mean ± std over its seeds. Speed and size are compared only between different architectures
+or input sizes (between seeds of one model they measure the machine, not the model), and a speed "win"
+only when the two configurations' repeated timings do not overlap; the sentence gives that spread.
+"""
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+
+import numpy as np
 
 from research.report.collect import RunRecord
 from research.report.statistics import ALPHA, RunGroup, group_runs, paired_test
@@ -28,10 +36,11 @@ def conclusions(runs: Sequence[RunRecord]) -> list[str]:
             "validation scores are only comparable between runs on the same data."
         )
     lines += _best_model(runs)
-    # Speed, size and calibration compare configurations: each by its best run, not seed against seed.
-    representatives = [group.best_run for group in group_runs(runs)]
-    lines += _cost_of_speed(representatives)
-    lines += _calibration(representatives)
+    groups = [g for g in group_runs(runs) if g.mean("macro_f1") is not None]
+    lines += _speed(groups)
+    lines += _size(groups)
+    lines += _calibration(groups)
+    lines += _confidence(group_runs(runs))
     for record in runs:
         facts = [
             fact
@@ -48,10 +57,6 @@ def conclusions(runs: Sequence[RunRecord]) -> list[str]:
             lines.append(f"- **{record.label}** (`{record.run_id}`):")
             lines += [f"  - {fact}" for fact in facts]
     return lines
-
-
-def _scored(runs: Sequence[RunRecord], metric: str) -> list[RunRecord]:
-    return [r for r in runs if r.score(metric) is not None]
 
 
 def _value(group: RunGroup, metric: str) -> str:
@@ -110,76 +115,126 @@ def _paired(a: RunGroup, b: RunGroup) -> str:
     )
 
 
-def _cost_of_speed(runs: Sequence[RunRecord]) -> list[str]:
-    scored = _scored(runs, "macro_f1")
-    if len(scored) < 2:
+def _over_seeds(values: Sequence[float], digits: int = 3) -> str:
+    """``0.050`` for one run, ``0.050 ± 0.010 over 3 seeds`` (mean ± sample std) for repeated runs."""
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f} over {len(values)} seeds"
+
+
+def _other_model(group: RunGroup, best: RunGroup) -> bool:
+    """Another architecture or input size: the only comparisons where speed and size say something."""
+    return group.model != best.model or group.best_run.image_size != best.best_run.image_size
+
+
+def _cost(group: RunGroup, best: RunGroup) -> str:
+    f1, f1_best = float(group.mean("macro_f1")), float(best.mean("macro_f1"))
+    if f1 == f1_best:
+        return f"at the same macro-F1 ({_value(group, 'macro_f1')})"
+    verb = "gives up" if f1 < f1_best else "gains"
+    return f"it {verb} {_points(f1, f1_best)} of macro-F1 ({_value(group, 'macro_f1')} vs {_value(best, 'macro_f1')})"
+
+
+def latency_spread(group: RunGroup) -> tuple[float, float] | None:
+    """The spread of a configuration's repeated CPU timings (ms/image): from the lowest first quartile to the
+    highest third quartile of its runs' 20 timed calls (the run medians where a run recorded no quartiles);
+    ``None`` when there is no spread to judge by (one run that recorded none)."""
+    runs = [r for r in group.runs if r.latency_ms_per_image is not None]
+    if not runs or (len(runs) == 1 and not runs[0].latency_ms_quartiles):
+        return None
+    lows = [r.latency_ms_quartiles[0] if r.latency_ms_quartiles else r.latency_ms_per_image for r in runs]
+    highs = [r.latency_ms_quartiles[1] if r.latency_ms_quartiles else r.latency_ms_per_image for r in runs]
+    return float(min(lows)), float(max(highs))
+
+
+def _latency(group: RunGroup) -> str:
+    low, high = latency_spread(group)
+    return f"{group.mean_of('latency_ms_per_image'):.2f} ms/image (repeated timings {low:.2f}-{high:.2f})"
+
+
+def _speed(groups: Sequence[RunGroup]) -> list[str]:
+    """The best configuration against the fastest one of another architecture or input size."""
+    if len(groups) < 2 or latency_spread(groups[0]) is None:
         return []
-    best = scored[0]
-    lines = []
-    for attr, what, unit, short_unit, fewer in (
-        ("latency_ms_per_image", "the fastest at inference", "ms/image on CPU at batch 1", "ms/image", "faster than"),
-        ("params_total", "the smallest", "M parameters", "M", "fewer parameters than"),
-    ):
-        have = [r for r in scored if getattr(r, attr) is not None]
-        if len(have) < 2 or getattr(best, attr) is None:
-            continue
-        pick = min(have, key=lambda r: (getattr(r, attr), r.run_id))
-        scale = 1e6 if attr == "params_total" else 1.0
-        value, best_value = getattr(pick, attr) / scale, getattr(best, attr) / scale
-        if pick is best:
-            lines.append(f"- **{best.label}**, the best model, is also {what} ({value:.2f} {unit}).")
-            continue
-        f1_pick, f1_best = float(pick.score("macro_f1")), float(best.score("macro_f1"))
-        if f1_pick == f1_best:
-            cost = f"at the same macro-F1 ({f1_pick:.3f})"
-        elif f1_pick < f1_best:
-            cost = f"it gives up {_points(f1_best, f1_pick)} of macro-F1 ({f1_pick:.3f} vs {f1_best:.3f})"
-        else:
-            cost = f"it gains {_points(f1_pick, f1_best)} of macro-F1 ({f1_pick:.3f} vs {f1_best:.3f})"
-        ratio = f"{best_value / value:.1f}x {fewer}" if value > 0 else f"{fewer}"
-        lines.append(
-            f"- **{pick.label}** is {what}: {value:.2f} {unit}, {ratio} the best model, "
-            f"{best.label} ({best_value:.2f} {short_unit}); {cost}."
-        )
-    return lines
+    best = groups[0]
+    others = [g for g in groups[1:] if _other_model(g, best) and latency_spread(g) is not None]
+    if not others:
+        return []
+    fastest = min(others, key=lambda g: (g.mean_of("latency_ms_per_image"), g.best_run.run_id))
+    (best_low, best_high), high = latency_spread(best), latency_spread(fastest)[1]
+    unit = "CPU, batch 1"
+    if high < best_low:
+        ratio = best.mean_of("latency_ms_per_image") / fastest.mean_of("latency_ms_per_image")
+        return [f"- **{fastest.label}** is faster at inference than the best model, {best.label}: {_latency(fastest)} "
+                f"against {_latency(best)}, {ratio:.1f}x ({unit}); {_cost(fastest, best)}."]
+    if best_high < min(latency_spread(g)[0] for g in others):
+        return [f"- **{best.label}**, the best model, is also the fastest at inference: {_latency(best)} against "
+                f"{_latency(fastest)} for {fastest.label}, the fastest other model ({unit})."]
+    return [f"- Inference speed does not separate **{best.label}** ({_latency(best)}) from **{fastest.label}** "
+            f"({_latency(fastest)}): their repeated timings overlap ({unit}), so neither is called faster."]
 
 
-def _calibration(runs: Sequence[RunRecord]) -> list[str]:
-    lines = []
-    have = sorted(_scored(runs, "ece"), key=lambda r: (float(r.score("ece")), r.run_id))
-    if have:
-        best = have[0]
-        if len(have) == 1:
-            lines.append(f"- **{best.label}** has a validation ECE of {best.score('ece'):.3f} (0 is perfect calibration).")
+def _size(groups: Sequence[RunGroup]) -> list[str]:
+    """The best configuration against the smallest other architecture, when one is at least 10 % smaller."""
+    if len(groups) < 2 or groups[0].best_run.params_total is None:
+        return []
+    best = groups[0]
+    others = [g for g in groups[1:] if g.model != best.model and g.best_run.params_total is not None]
+    if not others:
+        return []
+    smallest = min(others, key=lambda g: (g.best_run.params_total, g.best_run.run_id))
+    size, best_size = smallest.best_run.params_total, best.best_run.params_total
+    if size * 1.1 <= best_size:
+        return [f"- **{smallest.label}** is smaller than the best model, {best.label}: {size / 1e6:.2f} M parameters "
+                f"against {best_size / 1e6:.2f} M, {best_size / size:.1f}x fewer; {_cost(smallest, best)}."]
+    if best_size * 1.1 <= size:
+        return [f"- **{best.label}**, the best model, is also the smallest: {best_size / 1e6:.2f} M parameters against "
+                f"{size / 1e6:.2f} M for {smallest.label}, the smallest other model."]
+    return []
+
+
+def _calibration(groups: Sequence[RunGroup]) -> list[str]:
+    """The best calibrated configuration by its mean validation ECE over seeds."""
+    have = sorted((g for g in groups if g.values("ece")), key=lambda g: (g.mean("ece"), g.best_run.run_id))
+    if not have:
+        return []
+    best = have[0]
+    if len(have) == 1:
+        return [f"- **{best.label}** has a validation ECE of {_over_seeds(best.values('ece'))} (0 is perfect calibration)."]
+    worst, second = have[-1], have[1]
+    text = (f"- **{best.label}** is the best calibrated configuration: validation ECE {_over_seeds(best.values('ece'))} "
+            f"(the worst: {worst.label}, {_over_seeds(worst.values('ece'))})")
+    spread = (best.std("ece") or 0.0) + (second.std("ece") or 0.0)
+    if second.mean("ece") - best.mean("ece") <= spread:
+        text += f"; the runner-up, {second.label} ({_over_seeds(second.values('ece'))}), is within the seeds' spread"
+    return [text + "."]
+
+
+def _confidence(groups: Sequence[RunGroup]) -> list[str]:
+    """Mean top-class probability on the new images (raw) against accuracy there, per configuration."""
+    stats = []
+    for group in groups:
+        modes = [((r.comparison or {}).get("modes") or {}).get("raw") for r in group.runs]
+        modes = [m for m in modes if m and m.get("mean_confidence") is not None]
+        if modes:
+            stats.append((float(np.mean([m["mean_confidence"] for m in modes])), group, modes))
+    if not stats:
+        return []
+    confidence, group, modes = max(stats, key=lambda t: (t[0], t[1].best_run.run_id))
+    values = [float(m["mean_confidence"]) for m in modes]
+    text = (f"- **{group.label}** is the most confident on the new images: mean top-class probability "
+            if len(stats) > 1 else f"- On the new images, **{group.label}** has a mean top-class probability of ")
+    text += f"{_over_seeds(values)} over {modes[0]['images']} image(s) (raw, no crop)"
+    accuracies = [float(m["accuracy"]) for m in modes if m.get("accuracy") is not None]
+    if accuracies:
+        accuracy = float(np.mean(accuracies))
+        text += f", against an accuracy of {_over_seeds(accuracies)} on {modes[0]['labelled']} labelled image(s)"
+        if confidence == accuracy:
+            text += ", so its confidence matches its accuracy"
         else:
-            worst = have[-1]
-            lines.append(
-                f"- **{best.label}** is the best calibrated: lowest validation ECE, {best.score('ece'):.3f} "
-                f"(the worst is {worst.label} at {worst.score('ece'):.3f})."
-            )
-    confident = []
-    for record in runs:
-        stats = ((record.comparison or {}).get("modes") or {}).get("raw")
-        if stats and stats.get("mean_confidence") is not None:
-            confident.append((float(stats["mean_confidence"]), record, stats))
-    if confident:
-        confidence, record, stats = max(confident, key=lambda t: (t[0], t[1].run_id))
-        text = (
-            f"- **{record.label}** is the most confident on the new images: mean top-class probability "
-            if len(confident) > 1
-            else f"- On the new images, **{record.label}** has a mean top-class probability of "
-        )
-        text += f"{confidence:.3f} over {stats['images']} image(s) (raw, no crop)"
-        if stats.get("accuracy") is not None:
-            acc = float(stats["accuracy"])
-            text += f", against an accuracy of {acc:.3f} on {stats['labelled']} labelled image(s)"
-            if confidence == acc:
-                text += ", so its confidence matches its accuracy"
-            else:
-                kind = "over" if confidence > acc else "under"
-                text += f", so it is {kind}-confident by {_points(confidence, acc)}"
-        lines.append(text + ".")
-    return lines
+            kind = "over" if confidence > accuracy else "under"
+            text += f", so it is {kind}-confident by {_points(confidence, accuracy)}"
+    return [text + "."]
 
 
 def _confused_pair(record: RunRecord) -> str | None:

@@ -46,7 +46,7 @@ from research.tracking.names import safe_name
 MODEL_CARDS = "model_cards"  # folder beside the report: one card per run
 DEFAULT_TITLE = "Facial-expression recognition: model comparison"
 SYNTHETIC_LABEL = "SYNTHETIC demo data: these numbers say nothing about real faces"
-METRICS = ("acc", "top2", "macro_f1", "weighted_f1", "loss", "ece")
+METRICS = ("acc", "top2", "macro_f1", "weighted_f1", "loss", "nll", "ece")
 CHART_METRICS = ("acc", "top2", "macro_f1", "weighted_f1")
 # figure file in the run folder -> caption in the per-model section
 RUN_FIGURES = {
@@ -243,6 +243,7 @@ def _comparison_table(
         "macro-F1",
         "weighted-F1",
         "loss",
+        "NLL",
         "ECE",
         "acc 95% CI",
         "macro-F1 95% CI",
@@ -302,7 +303,9 @@ def _statistics_note(groups: Sequence[RunGroup]) -> list[str]:
         f"95% CI: percentile bootstrap over the validation images ({BOOTSTRAP_RESAMPLES} resamples, seed "
         f"{BOOTSTRAP_SEED}, so the report is deterministic); each resample scores every run of the row on the "
         "same drawn images and averages the runs (per run, then averaged; not pooled). It shows how much "
-        "the score depends on which images happen to be in the validation set."
+        "the score depends on which images happen to be in the validation set. loss: the run's training "
+        "criterion (cross-entropy with its label smoothing and class weights, so it compares only runs "
+        "trained with the same ones); NLL: plain cross-entropy (n/a for runs recorded before it was logged)."
     ]
     missing = [g for g in groups if g.ci("acc") is None]
     if missing:
@@ -388,7 +391,9 @@ def _sweeps(sweeps: Sequence[SweepRecord], figures: _Figures) -> list[str]:
             )
         else:
             lines.append("- Best trial: none (no trial has a metric yet)")
-        config = figures.copy(f"sweeps/{_slug(sweep.sweep_id)}", sweep.path / "sweep.yaml", "sweep.yaml")
+        if sweep.url:
+            lines.append(f"- On W&B: [{sweep.name or sweep.sweep_id}]({sweep.url})")
+        config = figures.copy(f"sweeps/{_slug(sweep.sweep_id)}", sweep.path / "sweep.yaml", "sweep.yaml") if sweep.path else None
         if config:
             lines.append(f"- Sweep config: [sweep.yaml]({config})")
         lines.append("")

@@ -11,7 +11,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 # The metrics of a checkpoint that a summary carries (the selected one's in ``best``).
-SUMMARY_METRICS = ("val/loss", "val/acc", "val/top2", "val/macro_f1", "val/weighted_f1", "val/ece")
+# ``val/loss`` is the training criterion (class weights, label smoothing), ``val/nll`` plain cross-entropy.
+SUMMARY_METRICS = ("val/loss", "val/nll", "val/acc", "val/top2", "val/macro_f1", "val/weighted_f1", "val/ece")
 DEFAULT_MONITOR = "val/macro_f1"
 SYNTHETIC_DATASET = "synthetic demo data"
 
@@ -60,7 +61,8 @@ class RunSummary:
     final: dict[str, float | None] = field(default_factory=dict)  # the last epoch's val metrics
     train_seconds: float | None = None
     train_images_per_s: float | None = None
-    latency_ms_per_image: float | None = None
+    latency_ms_per_image: float | None = None  # median of 20 timed calls
+    latency_ms_quartiles: list[float] | None = None  # their first and third quartiles (the timings' spread)
     wall_seconds: float | None = None
     wandb: dict[str, Any] = field(default_factory=dict)
     error: str | None = None  # why a failed run failed
@@ -101,6 +103,8 @@ class RunSummary:
             "train_seconds": self.train_seconds, "train_images_per_s": self.train_images_per_s,
             "latency_ms_per_image": self.latency_ms_per_image, "status": self.status,
         }
+        if self.latency_ms_quartiles:
+            out["latency_ms_p25"], out["latency_ms_p75"] = self.latency_ms_quartiles
         for key, value in self.best.items():
             out[key] = value
             out[f"best/{key}"] = value
@@ -136,6 +140,8 @@ class RunSummary:
             monitor=str(config_value(config, "train.monitor", DEFAULT_MONITOR)), best=best,
             train_seconds=summary.get("train_seconds"), train_images_per_s=summary.get("train_images_per_s"),
             latency_ms_per_image=summary.get("latency_ms_per_image"),
+            latency_ms_quartiles=[summary["latency_ms_p25"], summary["latency_ms_p75"]]
+            if summary.get("latency_ms_p25") is not None and summary.get("latency_ms_p75") is not None else None,
         )
 
 

@@ -1,9 +1,14 @@
-"""Weights & Biases logging; the only module of the package that imports ``wandb``.
+"""Weights & Biases logging; with :mod:`research.tracking.wandb_offline` the only modules that import ``wandb``.
 
-Modes: ``online``, ``offline`` (files under the run folder; upload later with
-``wandb sync``), ``disabled``, or ``auto``: online when credentials exist, else offline.
-A failing online start falls back to offline: a run never loses its record, or fails,
-because W&B is unreachable. The run folder stays the source of truth either way.
+Modes: ``online``, ``offline`` (files under the run folder; upload later with ``poetry run sync-runs``),
+``disabled``, or ``auto``: online when credentials exist, else offline. A failing online start falls
+back to offline: a run never loses its record, or fails, because W&B is unreachable. The run folder
+stays the source of truth either way.
+
+Offline, metrics and media go into W&B's own record; tables, the interactive confusion matrix and
+artifacts (which W&B would record by absolute paths of staged files) are kept as plain files by
+:mod:`research.tracking.uploads` and uploaded by ``sync-runs`` into the same W&B run. Values are built
+as the plain types of that module and turned into W&B objects by :func:`to_wandb`, live or at upload.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import logging
 import netrc
 import os
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,11 +24,22 @@ from typing import Any
 import numpy as np
 
 from research.tracking.names import safe_name
-from research.tracking.wandb_offline import STAGING, supersede_offline_records
+from research.tracking.uploads import (
+    ArtifactValue,
+    ConfusionValue,
+    ImageValue,
+    PendingUploads,
+    RunRef,
+    TableValue,
+    uploads_dir,
+)
 
 log = logging.getLogger(__name__)
 
 WANDB_HOST = "api.wandb.ai"
+LOGIN_HINT = "run `poetry run wandb login` or set WANDB_API_KEY"
+FAILED_ONLINE = "failed-online"  # <run>/wandb/failed-online/: half-started online records of a failed start
+SUPERSEDED = "superseded"  # <run>/wandb/superseded/: partial offline records a resumed run replays
 
 
 def has_credentials() -> bool:
@@ -50,8 +67,23 @@ def resolve_mode(mode: str) -> str:
     return "online" if has_credentials() else "offline"
 
 
+def to_wandb(value: Any, wandb: Any) -> Any:
+    """A plain value of :mod:`research.tracking.uploads` as the W&B object it stands for."""
+    if isinstance(value, ImageValue):
+        return wandb.Image(value.array if value.array is not None else str(value.path))
+    if isinstance(value, TableValue):
+        return wandb.Table(columns=list(value.columns), data=[[to_wandb(c, wandb) for c in row] for row in value.rows])
+    if isinstance(value, ConfusionValue):
+        return wandb.plot.confusion_matrix(y_true=value.y_true, preds=value.preds, class_names=value.class_names)
+    return value
+
+
 class WandbRun:
-    """A W&B run bound to one run folder. All methods are no-ops when the mode is ``disabled``."""
+    """A W&B run bound to one run folder. All methods are no-ops when the mode is ``disabled``.
+
+    Mode ``deferred`` (see :func:`deferred_run`) has no live W&B run: everything goes to the upload list
+    of an existing run, which ``sync-runs`` uploads into it.
+    """
 
     def __init__(
         self,
@@ -73,156 +105,200 @@ class WandbRun:
     ) -> None:
         """``history``: epochs a resumed run already completed. Offline, a resumed run is recorded
         afresh with those epochs replayed first and the earlier partial records moved to
-        ``wandb/superseded/``, so ``wandb sync`` uploads one run holding every epoch once.
+        ``wandb/superseded/``, so ``sync-runs`` uploads one run holding every epoch once.
         ``enabled=False`` means disabled whatever ``mode`` and ``WANDB_MODE`` say (ranks other than 0)."""
         self.mode = resolve_mode(mode) if enabled else "disabled"
         self.run = None
         self._wandb = None
-        self._staging = _StagingDir(None)
+        self._uploads: PendingUploads | None = None
+        self._kept_before = 0  # items the upload list held before this run added any (mode deferred)
+        self.project, self.entity = project, entity
+        self._root = Path(wandb_dir) if wandb_dir else Path(run_dir)
         if self.mode == "disabled":
             return  # before `import wandb`: it takes about a second and a disabled run never needs it
         import wandb
 
         self._wandb = wandb
-        directory = Path(wandb_dir) if wandb_dir else Path(run_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        # Offline, artifact files (the model, table data) are staged inside the run folder, not in the
-        # user's home: the folder then carries everything its later sync needs.
-        staging = _StagingDir(directory / "wandb" / STAGING)
+        self._root.mkdir(parents=True, exist_ok=True)
         in_sweep = bool(os.environ.get("WANDB_SWEEP_ID"))
         kwargs: dict[str, Any] = dict(
             project=project, entity=entity, group=group, tags=list(tags), job_type=job_type,
-            name=run_id, config=dict(config), dir=str(directory), reinit="finish_previous",
+            name=run_id, config=dict(config), dir=str(self._root), reinit="finish_previous",
         )
         if not in_sweep:
             kwargs.update(id=_wandb_id(run_id), resume="allow" if resume else None)
-        self.run = self._start(kwargs, directory, staging, resumed=resume and not in_sweep, init_timeout=init_timeout)
+        self.run = self._start(kwargs, resumed=resume and not in_sweep, init_timeout=init_timeout)
+        self._check_destination()
         if in_sweep:
             self.run.config.update(dict(config), allow_val_change=True)
         self.run.define_metric("epoch")
-        for split in ("train", "val"):
-            self.run.define_metric(f"{split}/*", step_metric="epoch")
-        self.run.define_metric("lr", step_metric="epoch")
-        self.run.define_metric("epoch_seconds", step_metric="epoch")
+        for prefix in ("train/*", "val/*", "lr", "lr/*", "epoch_seconds"):
+            self.run.define_metric(prefix, step_metric="epoch")
         if self.mode == "offline":
             for row in history:
                 self.log_epoch(row)
 
-    def _start(self, kwargs: dict[str, Any], directory: Path, staging: _StagingDir, *, resumed: bool, init_timeout: float) -> Any:
-        """``wandb.init`` in this run's mode; an online start that fails (no server, a bad key) records offline instead."""
+    def _start(self, kwargs: dict[str, Any], *, resumed: bool, init_timeout: float) -> Any:
+        """``wandb.init`` in this run's mode; an online start that fails (no server, no or a bad key) records
+        offline instead, and its half-started online record is moved to ``wandb/failed-online/``."""
         wandb = self._wandb
         if self.mode == "offline":
-            log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `poetry run sync-runs %s`", directory, directory)
-            self._start_offline_afresh(directory, kwargs, resumed)
-            self._staging = staging.enter()
+            log.info("W&B offline: the run is recorded under %s/wandb; upload it later with `poetry run sync-runs %s`", self._root, self._root)
+            return self._init_offline(kwargs, resumed)
+        wandb_dir = self._root / "wandb"
+        before = set(wandb_dir.glob("run-*"))
         wandb_logger = logging.getLogger("wandb")
-        level = wandb_logger.level
+        level, started = wandb_logger.level, time.monotonic()
         if self.mode == "online":  # a failed start is reported below in one line, not as W&B's traceback
             wandb_logger.setLevel(logging.CRITICAL)
         try:
             return wandb.init(mode=self.mode, settings=wandb.Settings(init_timeout=init_timeout, silent=True), **kwargs)
-        except Exception as err:  # CommError, timeouts, auth errors: the run must go on
+        except (wandb.errors.Error, OSError) as err:  # no server, no or a bad key: the run goes on
             if self.mode != "online":
                 raise
+            seconds = time.monotonic() - started
+            wandb.teardown()  # the failed start still holds the run id in W&B's service process
+            parked = _park(wandb_dir, [p for p in wandb_dir.glob("run-*") if p not in before and p.is_dir()], FAILED_ONLINE)
             log.warning(
-                "W&B online start failed after at most %.0f s (%s); recording offline instead (wandb.init_timeout "
-                "sets the wait). Upload later with `poetry run sync-runs RUN_FOLDER`.", init_timeout, str(err).splitlines()[0][:200],
+                "W&B online start failed after %.1f s: %s. Recording offline instead%s; upload later with "
+                "`poetry run sync-runs %s`.", seconds, start_failure(err, init_timeout), parked, self._root,
             )
-            # The failed start still holds the run id in W&B's service process: restart it.
-            wandb.teardown()
             self.mode = "offline"
-            self._start_offline_afresh(directory, kwargs, resumed)
-            self._staging = staging.enter()
-            return wandb.init(mode="offline", settings=wandb.Settings(silent=True), **kwargs)
+            return self._init_offline(kwargs, resumed)
         finally:
             wandb_logger.setLevel(level)
 
-    @staticmethod
-    def _start_offline_afresh(directory: Path, kwargs: dict[str, Any], resumed: bool) -> None:
+    def _init_offline(self, kwargs: dict[str, Any], resumed: bool) -> Any:
         if resumed:
-            supersede_offline_records(directory / "wandb", kwargs["id"])
+            supersede_offline_records(self._root / "wandb", kwargs["id"])
             kwargs["resume"] = None
+        return self._wandb.init(mode="offline", settings=self._wandb.Settings(silent=True), **kwargs)
+
+    def _check_destination(self) -> None:
+        """Say where W&B files the run when it is not where the config asked (inside a sweep W&B takes the
+        sweep's project and entity and ignores ``wandb.project``; its own warning is silenced with the rest)."""
+        project, entity = getattr(self.run, "project", None), getattr(self.run, "entity", None)
+        if project and project != self.project:
+            log.warning("W&B files this run in project %r, not wandb.project=%r (a sweep's runs go to the sweep's "
+                        "project: set `project:` in the sweep YAML); read it with `report --wandb %s/%s`",
+                        project, self.project, entity or "ENTITY", project)
+            self.project = project
+        if self.entity and entity and entity != self.entity:
+            log.warning("W&B files this run under entity %r, not wandb.entity=%r", entity, self.entity)
+        self.entity = entity or self.entity
 
     @property
     def enabled(self) -> bool:
-        return self.run is not None
+        return self.run is not None or self.mode == "deferred"
 
     @property
     def offline_dir(self) -> str | None:
-        return str(Path(self.run.dir).parent) if self.enabled and self.mode == "offline" else None
+        return str(Path(self.run.dir).parent) if self.run is not None and self.mode == "offline" else None
+
+    @property
+    def uploads(self) -> PendingUploads:
+        """The upload list of this W&B run (made on first use)."""
+        if self._uploads is None:
+            ref = RunRef(id=self.run.id, project=self.project, entity=self.entity or None)
+            self._uploads = PendingUploads(uploads_dir(self._root, self.run.id), ref)
+        return self._uploads
+
+    def record(self) -> dict[str, Any]:
+        """Where the run is on W&B, for ``summary.json``: mode, offline record, project, entity, run id."""
+        out: dict[str, Any] = {"mode": self.mode, "offline_dir": self.offline_dir, "project": self.project}
+        if self.run is not None:
+            out.update(id=self.run.id, entity=self.entity or None)
+        return out
+
+    def _log(self, data: Mapping[str, Any], *, portable: bool = True) -> None:
+        """``run.log``; offline, values that W&B records by absolute paths (``portable=False``: tables,
+        charts) go to the upload list instead, as everything does in mode ``deferred``."""
+        if not data:
+            return
+        if self.mode == "deferred" or (self.mode == "offline" and not portable):
+            self.uploads.log(data)
+        elif self.run is not None:
+            self.run.log({k: to_wandb(v, self._wandb) for k, v in data.items()})
 
     def log_epoch(self, row: Mapping[str, float]) -> None:
-        """One history.csv row: ``train/*``, ``val/*``, ``lr``, ``epoch_seconds`` at step metric ``epoch``."""
-        if self.enabled:
-            self.run.log({k: v for k, v in row.items() if v is not None})
+        """One history.csv row: ``train/*``, ``val/*``, ``lr``, ``lr/*``, ``epoch_seconds`` at step metric ``epoch``."""
+        self._log({k: v for k, v in row.items() if v is not None})
 
     def log_images(self, images: Mapping[str, Path]) -> None:
-        """Figures (curves, heatmaps...) as ``wandb.Image`` under the given keys."""
+        """Figures (curves, heatmaps...) under the given keys."""
         if self.enabled:
-            self.run.log({k: self._wandb.Image(str(p)) for k, p in images.items() if Path(p).exists()})
+            self._log({k: ImageValue(path=Path(p)) for k, p in images.items() if Path(p).exists()})
 
     def log_confusion(self, targets: np.ndarray, preds: np.ndarray, class_names: Sequence[str], key: str = "val/confusion_matrix") -> None:
         """The interactive confusion matrix of W&B."""
         if self.enabled:
-            plot = self._wandb.plot.confusion_matrix(
-                y_true=[int(t) for t in targets], preds=[int(p) for p in preds], class_names=list(class_names)
-            )
-            self.run.log({key: plot})
+            value = ConfusionValue([int(t) for t in targets], [int(p) for p in preds], list(class_names))
+            self._log({key: value}, portable=False)
 
     def log_classification_report(self, report: Mapping[str, Any], key: str = "val/classification_report") -> None:
         """sklearn's ``output_dict`` report as a table (class, precision, recall, f1, support)."""
         if not self.enabled:
             return
-        table = self._wandb.Table(columns=["class", "precision", "recall", "f1", "support"])
-        for name, row in report.items():
-            if isinstance(row, Mapping):
-                table.add_data(name, row.get("precision"), row.get("recall"), row.get("f1-score"), row.get("support"))
-            else:
-                table.add_data(name, None, None, row, None)
-        self.run.log({key: table})
+        rows = [
+            [name, row.get("precision"), row.get("recall"), row.get("f1-score"), row.get("support")]
+            if isinstance(row, Mapping) else [name, None, None, row, None]
+            for name, row in report.items()
+        ]
+        self._log({key: TableValue(["class", "precision", "recall", "f1", "support"], rows)}, portable=False)
 
-    def log_predictions(self, records: Sequence[Mapping[str, Any]], class_names: Sequence[str], key: str = "predictions/new_images") -> None:
+    def log_predictions(
+        self, records: Sequence[Mapping[str, Any]], class_names: Sequence[str], key: str = "predictions/new_images",
+        *, display_min: int = 0,
+    ) -> None:
         """The new-image prediction table.
 
         Each record: ``image`` (name), ``mode``, ``original`` / ``crop`` / ``preprocessed``
         (HxW[x3] arrays or None), ``scores`` (class -> probability), ``winner``, ``true``,
         ``correct``, ``face_found``; optional ``gradcam_overlay`` (HxWx3 uint8), a last column ``gradcam``.
+        The model input and the Grad-CAM are enlarged (whole pixels) to at least ``display_min`` a side,
+        the size ``predict`` writes them to disk.
         """
         if not self.enabled:
             return
-        wandb = self._wandb
         columns = ["image", "mode", "original", "face_crop", "preprocessed", *class_names, "winner", "true", "correct", "face_found"]
         gradcam = any(r.get("gradcam_overlay") is not None for r in records)
-        table = wandb.Table(columns=[*columns, "gradcam"] if gradcam else columns)
+        rows = []
         for r in records:
-            crop = r.get("crop")
-            cam = r.get("gradcam_overlay")
-            table.add_data(
-                r["image"], r.get("mode"),
-                wandb.Image(_as_uint8(r["original"])),
-                wandb.Image(_as_uint8(crop)) if crop is not None else None,
-                wandb.Image(_as_uint8(r["preprocessed"])),
+            crop, cam = r.get("crop"), r.get("gradcam_overlay")
+            rows.append([
+                r["image"], r.get("mode"), ImageValue(_as_uint8(r["original"])),
+                ImageValue(_as_uint8(crop)) if crop is not None else None,
+                ImageValue(enlarged(_as_uint8(r["preprocessed"]), display_min)),
                 *[float(r["scores"][c]) for c in class_names],
                 r["winner"], r.get("true"), r.get("correct"), r.get("face_found"),
-                *([wandb.Image(cam) if cam is not None else None] if gradcam else []),
-            )
-        self.run.log({key: table})
+                *([ImageValue(enlarged(cam, display_min)) if cam is not None else None] if gradcam else []),
+            ])
+        self._log({key: TableValue([*columns, "gradcam"] if gradcam else columns, rows)}, portable=False)
 
     def update_summary(self, values: Mapping[str, Any]) -> None:
-        if self.enabled:
+        if self.mode == "deferred":
+            self.uploads.summary(values)
+        elif self.run is not None:
             for key, value in values.items():
                 self.run.summary[key] = value
 
     def log_model(self, checkpoint: Path, *, name: str, metadata: Mapping[str, Any]) -> None:
-        """Upload a checkpoint as a ``model`` artifact (aliases ``best``, ``latest``)."""
+        """Upload a checkpoint as a ``model`` artifact (aliases ``best``, ``latest``); offline, ``sync-runs`` does."""
         if not self.enabled or not Path(checkpoint).exists():
             return
-        artifact = self._wandb.Artifact(name=safe_name(name), type="model", metadata=dict(metadata))
-        artifact.add_file(str(checkpoint))
-        self.run.log_artifact(artifact, aliases=["best", "latest"])
+        artifact = ArtifactValue(safe_name(name), "model", [Path(checkpoint)], ["best", "latest"], dict(metadata))
+        if self.mode in ("offline", "deferred"):
+            self.uploads.artifact(artifact)
+            return
+        log_artifact(self.run, artifact, self._wandb)
 
     def finish(self, exit_code: int = 0) -> None:
-        if not self.enabled:
+        if self.mode == "deferred":
+            if len(self.uploads.items) > self._kept_before:
+                log.info("W&B: kept for run %s in %s; `poetry run sync-runs %s` uploads it into that run",
+                         self.uploads.run.id, self.uploads.folder, self._root)
+            return
+        if self.run is None:
             return
         offline = self.offline_dir
         try:
@@ -231,35 +307,69 @@ class WandbRun:
             # so the offline record is complete on disk when training returns.
             self._wandb.teardown()
         finally:
-            self._staging.restore()
             self.run = None
         if offline:
-            log.info(
-                "W&B offline run saved in %s; upload with: poetry run sync-runs %s (works after moving the run "
-                "folder; plain `wandb sync` works while it stays where it is)", offline, offline,
-            )
+            log.info("W&B offline run saved in %s; upload it with: poetry run sync-runs %s (also after moving the "
+                     "run folder)", offline, self._root)
 
 
-class _StagingDir:
-    """Points ``WANDB_DATA_DIR`` (where W&B stages artifact files) at a folder for the life of a run."""
+def log_artifact(run: Any, artifact: ArtifactValue, wandb: Any) -> None:
+    """``run.log_artifact`` of a plain :class:`ArtifactValue`."""
+    value = wandb.Artifact(name=artifact.name, type=artifact.type, metadata=dict(artifact.metadata))
+    for path in artifact.files:
+        value.add_file(str(path))
+    run.log_artifact(value, aliases=list(artifact.aliases))
 
-    def __init__(self, path: Path | None) -> None:
-        self.path, self._saved, self._active = path, None, False
 
-    def enter(self) -> _StagingDir:
-        self._saved = os.environ.get("WANDB_DATA_DIR")
-        os.environ["WANDB_DATA_DIR"] = str(Path(self.path).resolve())
-        self._active = True
-        return self
+def deferred_run(root: Path, ref: RunRef) -> WandbRun:
+    """A :class:`WandbRun` that adds to the upload list of the existing W&B run ``ref`` (recorded under
+    ``root``): ``sync-runs`` uploads it into that run."""
+    wandb_run = WandbRun(run_id=ref.id, run_dir=root, config={}, enabled=False)
+    wandb_run.mode = "deferred"
+    wandb_run._uploads = PendingUploads(uploads_dir(root, ref.id), ref)
+    wandb_run._kept_before = len(wandb_run._uploads.items)
+    return wandb_run
 
-    def restore(self) -> None:
-        if not self._active:
-            return
-        if self._saved is None:
-            os.environ.pop("WANDB_DATA_DIR", None)
-        else:
-            os.environ["WANDB_DATA_DIR"] = self._saved
-        self._active = False
+
+def start_failure(err: BaseException, init_timeout: float) -> str:
+    """Why an online start failed, in words a user can act on."""
+    text = str(err).splitlines()[0][:200] if str(err) else type(err).__name__
+    if not has_credentials() or "API key" in text:
+        return f"not logged in to W&B ({LOGIN_HINT})"
+    if "Timed out" in text or isinstance(err, TimeoutError):
+        server = os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}")
+        return f"no answer from {server} within wandb.init_timeout={init_timeout:g} s ({text})"
+    return text
+
+
+def _park(wandb_dir: Path, folders: Sequence[Path], into: str) -> str:
+    """Move ``folders`` into ``wandb_dir/into/`` (kept, never synced); a clause for the log, or ''."""
+    if not folders:
+        return ""
+    target = wandb_dir / into
+    target.mkdir(exist_ok=True)
+    for folder in folders:
+        folder.rename(target / folder.name)
+    return f" (the half-started online record is in {target}, with W&B's debug logs; sync-runs skips it)"
+
+
+def supersede_offline_records(wandb_dir: Path, wandb_id: str) -> None:
+    """Move earlier offline records of this run id to ``superseded/`` (kept, but not synced by
+    ``sync-runs``): the new record replays their epochs."""
+    earlier = sorted(wandb_dir.glob(f"offline-run-*-{wandb_id}")) if wandb_dir.is_dir() else []
+    if not earlier:
+        return
+    target = wandb_dir / SUPERSEDED
+    target.mkdir(exist_ok=True)
+    for folder in earlier:
+        folder.rename(target / folder.name)
+    log.info("resumed offline: %d earlier W&B record(s) of %s moved to %s; the new one replays their epochs", len(earlier), wandb_id, target)
+
+
+def enlarged(image: np.ndarray, min_side: int) -> np.ndarray:
+    """``image`` repeated by a whole factor (nearest pixels) to at least ``min_side`` a side."""
+    factor = max(1, -(-min_side // max(1, min(image.shape[:2])))) if min_side else 1
+    return image if factor == 1 else np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
 
 
 def _as_uint8(image: Any) -> np.ndarray:
@@ -299,22 +409,67 @@ def _wandb_id(run_id: str) -> str:
     return safe_name(run_id, max_length=64)
 
 
+def training_run(
+    *, run_id: str, run_dir: Path, recorded: Mapping[str, Any], wandb_cfg: Any, mode: str | None, init_timeout: float = 20.0,
+) -> WandbRun | None:
+    """The training run's own W&B run, for what is logged about it afterwards (``predict``'s table).
+
+    ``recorded`` is ``summary.json``'s ``wandb`` entry (mode, project, entity, id). A run recorded online
+    is reopened (``resume="must"``) when ``mode`` is online; otherwise, or when that fails (no server,
+    another user's run), the values go to the run's upload list and ``sync-runs`` puts them into it.
+    ``None``: the run has no W&B record (trained with ``wandb.mode=disabled``) to add to.
+    """
+    mode = resolve_mode(mode or wandb_cfg.mode)
+    if mode == "disabled":
+        return WandbRun(run_id=run_id, run_dir=run_dir, config={}, enabled=False)
+    if recorded.get("mode") in (None, "disabled"):
+        return None
+    root = Path(wandb_cfg.dir) if wandb_cfg.dir else Path(run_dir)
+    ref = RunRef(id=recorded.get("id") or _wandb_id(run_id), project=recorded.get("project") or wandb_cfg.project,
+                 entity=recorded.get("entity") or wandb_cfg.entity)
+    if mode == "online" and recorded.get("mode") == "online":
+        import wandb
+
+        try:
+            run = wandb.init(id=ref.id, project=ref.project, entity=ref.entity, resume="must", dir=str(root),
+                             settings=wandb.Settings(init_timeout=init_timeout, silent=True))
+        except (wandb.errors.Error, OSError) as err:
+            wandb.teardown()
+            log.warning("W&B run %s/%s could not be reopened (%s); what is logged for it is kept for sync-runs",
+                        ref.project, ref.id, start_failure(err, init_timeout))
+        else:
+            reopened = WandbRun(run_id=run_id, run_dir=root, config={}, enabled=False)
+            reopened.mode, reopened.run, reopened._wandb = "online", run, wandb
+            reopened.project, reopened.entity = ref.project, ref.entity
+            log.info("W&B: logging into training run %s/%s", ref.project, ref.id)
+            return reopened
+    return deferred_run(root, ref)
+
+
 def fetch_project_runs(path: str) -> list[dict[str, Any]]:
-    """Runs of ``ENTITY/PROJECT`` through the public API (online only): name, config, summary, history."""
+    """Finished runs of ``ENTITY/PROJECT`` through the public API (online only; the server filters by
+    state): name, config, summary, history and, for a sweep's run, its sweep (id, name, config)."""
     import wandb
 
     api = wandb.Api(timeout=30)
     out = []
-    for run in api.runs(path):
-        if run.state != "finished":
+    for run in api.runs(path, filters={"state": "finished"}):
+        if run.state != "finished":  # the server filtered; a fake or an older server may not have
             continue
+        sweep = getattr(run, "sweep", None)
         out.append(
             {
+                "id": run.id,
                 "name": run.name,
                 "config": dict(run.config),
                 "summary": {k: v for k, v in run.summary.items() if not k.startswith("_")},
                 "history": [dict(r) for r in run.scan_history()],
                 "url": run.url,
+                "created_at": getattr(run, "created_at", None),
+                "sweep": None if sweep is None else {
+                    "id": sweep.id, "name": getattr(sweep, "name", None) or sweep.id, "config": dict(sweep.config or {}),
+                    "url": getattr(sweep, "url", None),
+                },
             }
         )
     return out

@@ -1,143 +1,251 @@
-"""Offline W&B records that travel: re-pointing a moved run folder's staged files, uploading with
-``wandb sync`` (``poetry run sync-runs``), and setting aside the partial records of a resumed run.
+"""``poetry run sync-runs``: offline W&B records to the cloud, through W&B's public tools only.
 
-An offline run records into ``<run>/wandb/offline-run-*``; the files W&B stages for it (the model
-artifact, table data) go to ``<run>/wandb/staging-data/`` (:data:`STAGING`), so the run folder carries
-everything its upload needs. With :mod:`research.tracking.wandb_log` these are the only modules that
-import ``wandb``.
+For every offline record (``<run>/wandb/offline-run-*``) under the given folders, in turn:
+
+1. ``wandb sync`` (W&B's own uploader, one call per record, each with a time limit) uploads the metrics,
+   media, config and summary; W&B's file is never read or rewritten here, only its first bytes are
+   checked, so a damaged or foreign file is named and skipped without stopping the others.
+2. The run's upload list (:mod:`research.tracking.uploads`: tables, the interactive confusion matrix,
+   the model artifact, ``predict``'s table) goes into the same W&B run through ``wandb.init(id=...,
+   resume="must")``; each item is marked uploaded, so a second ``sync-runs`` uploads nothing twice.
+3. A local sweep folder whose trials are on W&B becomes a W&B sweep (``wandb.sweep(..., prior_runs=...)``),
+   recorded in ``wandb_sweep.json``.
+
+Every record, upload list and sweep ends as one line: synced, uploaded, or skipped with its reason.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import struct
-import zlib
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from research.errors import InputFileError
+import yaml
+
+from research.errors import InputFileError, UserError
+from research.tracking.runs import RunFolder, read_json, write_json
+from research.tracking.uploads import PendingUploads, find_uploads
+from research.tracking.wandb_log import (
+    FAILED_ONLINE,
+    LOGIN_HINT,
+    SUPERSEDED,
+    WANDB_HOST,
+    has_credentials,
+    log_artifact,
+    start_failure,
+    to_wandb,
+)
 
 log = logging.getLogger(__name__)
 
-STAGING = "staging-data"  # WANDB_DATA_DIR of offline runs, inside <run>/wandb/
+RECORD_IDENT = b":W&B"  # the first bytes of every W&B run file (run-<id>.wandb)
+SWEEP_RECORD = "wandb_sweep.json"  # in a local sweep folder: the W&B sweep it became
+DEFAULT_TIMEOUT = 120.0
 
 
-_BLOCK, _HEADER = 32 * 1024, 7
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+class SyncLoginError(UserError, RuntimeError):
+    """Uploading needs a W&B login."""
 
 
-def read_record_log(path: Path) -> tuple[bytes, list[bytes]]:
-    """The 7-byte file header and the records of a ``run-*.wandb`` file (W&B's LevelDB-style log:
-    32 KiB blocks, each record fragment with a crc32 / length / type header)."""
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file")
-    records, pos, pending = [], _HEADER, b""
-    while pos + _HEADER <= len(data):
-        left = _BLOCK - pos % _BLOCK
-        if left < _HEADER:
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
-        if length == 0 and kind == 0:  # zero padding up to the block end
-            pos += left
-            continue
-        fragment = data[pos + _HEADER : pos + _HEADER + length]
-        pos += _HEADER + length
-        pending = fragment if kind in (_FULL, _FIRST) else pending + fragment
-        if kind in (_FULL, _LAST):
-            records.append(pending)
-            pending = b""
-    return data[:_HEADER], records
+class SyncTimeoutError(UserError, RuntimeError):
+    """The W&B server did not answer in time."""
 
 
-def write_record_log(path: Path, header: bytes, records: Sequence[bytes]) -> None:
-    """Write records in the same log format (fragmented across 32 KiB blocks, crc32 of type + data)."""
-    out = bytearray(header)
-    for data in records:
-        first = True
-        while True:
-            left = _BLOCK - len(out) % _BLOCK
-            if left < _HEADER:
-                out += b"\0" * left
-                continue
-            fragment, data = data[: left - _HEADER], data[left - _HEADER :]
-            last = not data
-            kind = (_FULL if last else _FIRST) if first else (_LAST if last else _MIDDLE)
-            crc = zlib.crc32(fragment, zlib.crc32(bytes([kind]))) & 0xFFFFFFFF
-            out += struct.pack("<IHB", crc, len(fragment), kind) + fragment
-            first = False
-            if last:
-                break
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(bytes(out))
-    os.replace(tmp, path)
+@dataclass
+class SyncReport:
+    """One line per record, upload list and sweep; ``failed`` counts the skipped ones."""
+
+    lines: list[str] = field(default_factory=list)
+    failed: int = 0
+    error: UserError | None = None  # what stopped the sync (the server did not answer)
+
+    def add(self, what: Path | str, outcome: str, *, ok: bool = True) -> None:
+        self.lines.append(f"{what}: {outcome}")
+        self.failed += not ok
 
 
-def relocate_offline_run(folder: Path) -> int:
-    """Point the staged artifact files of an offline run at where its run folder is now.
+def server() -> str:
+    return os.environ.get("WANDB_BASE_URL", f"https://{WANDB_HOST}")
 
-    W&B records staged files by absolute path; after ``runs/`` is copied or moved (another machine,
-    another HOME) those paths are stale. Returns how many paths were rewritten (0: nothing to do).
+
+def sync_offline_runs(paths: Sequence[Path], *, dry_run: bool = False, timeout: float = DEFAULT_TIMEOUT) -> SyncReport:
+    """Sync every offline record, upload list and local sweep under ``paths`` (see the module docstring).
+
+    Raises:
+        InputFileError: nothing to sync under ``paths``.
+        SyncLoginError: not logged in (checked before anything is sent; ``dry_run`` needs no login).
     """
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    folder = Path(folder).resolve()
-    staging = folder.parent / STAGING
-    run_file = next(folder.glob("run-*.wandb"), None)
-    if run_file is None:
-        raise InputFileError(f"{folder} holds no run-*.wandb file: is it an offline-run-* folder?")
-    header, raw = read_record_log(run_file)
-    changed, out = 0, []
-    for data in raw:
-        record = pb.Record()
-        record.ParseFromString(data)
-        if record.WhichOneof("record_type") == "artifact":
-            for entry in record.artifact.manifest.contents:
-                marker = f"/{STAGING}/"
-                if entry.local_path and marker in entry.local_path:
-                    new = str(staging / entry.local_path.split(marker, 1)[1])
-                    if new != entry.local_path:
-                        entry.local_path, changed = new, changed + 1
-            data = record.SerializeToString()
-        out.append(data)
-    if changed:
-        write_record_log(run_file, header, out)
-    return changed
-
-
-def sync_offline_runs(paths: Sequence[Path], extra_args: Sequence[str] = ()) -> int:
-    """``poetry run sync-runs``: re-point staged files of every offline run under ``paths``, then
-    ``wandb sync`` them. Returns wandb's exit code."""
-    import subprocess
-    import sys
-
-    folders = sorted(
-        {f for p in map(Path, paths) for f in ([p] if p.name.startswith("offline-run-") else p.rglob("offline-run-*"))
-         if f.is_dir() and "superseded" not in f.parts}
-    )
-    if not folders:
+    paths = [Path(p) for p in paths]
+    records, uploads, sweeps = find_records(paths), find_uploads(paths), find_sweeps(paths)
+    if not (records or uploads or sweeps):
         raise InputFileError(f"no offline W&B runs (offline-run-*) under {', '.join(map(str, paths))}")
-    for folder in folders:
-        if relocate_offline_run(folder):
-            log.info("%s: staged files re-pointed to %s", folder, folder.parent / STAGING)
+    if not dry_run and not has_credentials():
+        raise SyncLoginError(f"sync-runs uploads to W&B and needs a login: {LOGIN_HINT}. Nothing was uploaded.")
+    report = SyncReport()
+    for folder in records:
+        if report.error is not None:
+            report.add(folder, "not tried (the server did not answer)", ok=False)
+            continue
+        outcome, ok = sync_record(folder, dry_run=dry_run, timeout=timeout)
+        report.add(folder, outcome, ok=ok)
+        if outcome.startswith("no answer"):
+            report.error = SyncTimeoutError(
+                f"the W&B server {server()} did not answer within --timeout {timeout:g} s; the runs after it were not "
+                "tried. Check the network (and WANDB_BASE_URL), or give more time with --timeout; running sync-runs "
+                "again continues where it stopped."
+            )
+    for folder in uploads:
+        outcome, ok = ("not tried (the server did not answer)", False) if report.error else upload_pending(
+            PendingUploads.open(folder), dry_run=dry_run, timeout=timeout)
+        report.add(folder, outcome, ok=ok)
+    for folder in sweeps:
+        outcome, ok = ("not tried (the server did not answer)", False) if report.error else register_sweep(folder, dry_run=dry_run)
+        report.add(folder, outcome, ok=ok)
+    return report
+
+
+def find_records(paths: Sequence[Path]) -> list[Path]:
+    """Offline records (``offline-run-*`` folders) equal to or below ``paths``, without the ones kept
+    aside (``superseded/``: replayed by a resumed run; ``failed-online/``: a failed online start)."""
+    found = {
+        f.resolve()
+        for p in paths
+        for f in ([p] if p.name.startswith("offline-run-") else p.rglob("offline-run-*") if p.is_dir() else [])
+        if f.is_dir() and not {SUPERSEDED, FAILED_ONLINE} & set(f.parts)
+    }
+    return sorted(found)
+
+
+def find_sweeps(paths: Sequence[Path]) -> list[Path]:
+    """Local sweep folders (``engine.json`` or ``trials.csv`` + ``sweep.yaml``) equal to or below ``paths``."""
+    found: set[Path] = set()
+    for path in (p for p in paths if p.is_dir()):
+        for candidate in [path, *path.rglob("sweep.yaml")]:
+            folder = candidate if candidate.is_dir() else candidate.parent
+            if (folder / "sweep.yaml").is_file() and ((folder / "engine.json").is_file() or (folder / "trials.csv").is_file()):
+                found.add(folder.resolve())
+    return sorted(found)
+
+
+def record_file(folder: Path) -> Path | None:
+    return next(Path(folder).glob("run-*.wandb"), None)
+
+
+def is_synced(folder: Path) -> bool:
+    """W&B's own marker: ``run-<id>.wandb.synced`` beside the run file."""
+    run_file = record_file(folder)
+    return run_file is not None and run_file.with_name(run_file.name + ".synced").exists()
+
+
+def sync_record(folder: Path, *, dry_run: bool, timeout: float) -> tuple[str, bool]:
+    """``wandb sync`` of one offline record; (what happened, whether it went well)."""
+    run_file = record_file(folder)
+    if run_file is None:
+        return "skipped: no run-*.wandb file in it (not an offline W&B record)", False
+    if is_synced(folder):
+        return "already synced", True
+    with run_file.open("rb") as fh:
+        head = fh.read(len(RECORD_IDENT))
+    if head != RECORD_IDENT:
+        return f"skipped: {run_file.name} is damaged (it does not start as a W&B run file); the run folder itself is unaffected", False
     wandb_cli = Path(sys.executable).with_name("wandb")
-    command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", *extra_args, *map(str, folders)]
-    log.info("running %s", " ".join(command[:3]) + f" ... ({len(folders)} run(s))")
-    return subprocess.run(command, check=False).returncode
+    command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", *(["--dry-run"] if dry_run else []), str(folder)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # wandb sync and the W&B service it started
+        process.communicate()
+        return f"no answer from {server()} within {timeout:g} s (wandb sync stopped)", False
+    if process.returncode != 0:
+        last = next((line.strip() for line in reversed(output.splitlines()) if line.strip()), "no output")
+        return f"skipped: wandb sync exited with {process.returncode}: {last[:300]}", False
+    if dry_run:
+        return "would sync (wandb sync --dry-run accepted it)", True
+    run_file.with_name(run_file.name + ".synced").touch()  # W&B writes it too; `wandb sync` then skips the record
+    return "synced", True
 
 
-def supersede_offline_records(wandb_dir: Path, wandb_id: str) -> None:
-    """Move earlier offline records of this run id to ``superseded/`` (kept, but not synced by
-    ``wandb sync <run>/wandb/offline-run-*``): the new record replays their epochs."""
-    earlier = sorted(wandb_dir.glob(f"offline-run-*-{wandb_id}")) if wandb_dir.is_dir() else []
-    if not earlier:
-        return
-    target = wandb_dir / "superseded"
-    target.mkdir(exist_ok=True)
-    for folder in earlier:
-        folder.rename(target / folder.name)
-    log.info("resumed offline: %d earlier W&B record(s) of %s moved to %s; the new one replays their epochs", len(earlier), wandb_id, target)
+def upload_pending(uploads: PendingUploads, *, dry_run: bool, timeout: float) -> tuple[str, bool]:
+    """The upload list of one W&B run into that run, after its offline record is synced."""
+    pending = uploads.pending
+    what = f"{len(pending)} item(s) for W&B run {uploads.run.project}/{uploads.run.id}"
+    if not pending:
+        return f"already uploaded ({len(uploads.items)} item(s))", True
+    wandb_dir = uploads.folder.parents[1]
+    records = [r for r in wandb_dir.glob(f"offline-run-*-{uploads.run.id}") if r.is_dir()]
+    if dry_run:
+        return f"would upload {what}: {', '.join(_item_names(pending))}", True
+    if records and not any(is_synced(r) for r in records):
+        return f"skipped: {what} wait until the run's offline record is synced", False
+    import wandb
+
+    try:
+        run = wandb.init(id=uploads.run.id, project=uploads.run.project, entity=uploads.run.entity, resume="must",
+                         dir=str(uploads.folder), settings=wandb.Settings(init_timeout=timeout, silent=True))
+    except (wandb.errors.Error, OSError) as err:
+        wandb.teardown()
+        return f"skipped: {what}: W&B could not reopen the run ({start_failure(err, timeout)})", False
+    for item in pending:
+        value = uploads.decode(item)
+        if item["kind"] == "artifact":
+            log_artifact(run, value, wandb)
+        elif item["kind"] == "summary":
+            for key, number in value.items():
+                run.summary[key] = number
+        else:
+            run.log({k: to_wandb(v, wandb) for k, v in value.items()})
+    run.finish()
+    wandb.teardown()  # returns once everything is uploaded
+    for item in pending:
+        uploads.mark_uploaded(item)
+    return f"uploaded {what}", True
 
 
+def _item_names(items: Sequence[dict[str, Any]]) -> list[str]:
+    return [item["name"] if item["kind"] == "artifact" else ", ".join(item["data"]) for item in items]
+
+
+def register_sweep(folder: Path, *, dry_run: bool) -> tuple[str, bool]:
+    """A local sweep as a W&B sweep of its trials on W&B (``wandb.sweep(..., prior_runs=...)``), once."""
+    config = yaml.safe_load((folder / "sweep.yaml").read_text())
+    trials = sorted(p for p in (folder / "trials").glob("*") if p.is_dir()) if (folder / "trials").is_dir() else []
+    synced = [run_id for run_id, records in map(_trial_records, trials) if records and any(map(is_synced, records))]
+    if (folder / SWEEP_RECORD).exists():
+        saved = read_json(folder / SWEEP_RECORD)
+        later = sorted(set(synced) - set(saved["runs"]))
+        note = (f"; {len(later)} trial(s) synced since are not in it (W&B adds runs to a sweep only when it is "
+                f"created); they are in W&B group {folder.name}") if later else ""
+        return f"already W&B sweep {saved['project']}/{saved['id']} of {len(saved['runs'])} trial(s){note}", True
+    if dry_run:
+        return f"would become a W&B sweep of its synced trials (now {len(synced)} of {len(trials)})", True
+    if not synced:
+        return "skipped: no trial of this sweep is synced to W&B yet", False
+    project, entity = _trial_destination(trials, config)
+    import wandb
+
+    sweep_id = wandb.sweep(config, entity=entity, project=project, prior_runs=synced)
+    write_json(folder / SWEEP_RECORD, {"id": sweep_id, "project": project, "entity": entity, "runs": synced})
+    return f"W&B sweep {project}/{sweep_id} created with {len(synced)} trial(s)", True
+
+
+def _trial_records(trial: Path) -> tuple[str, list[Path]]:
+    """A trial's W&B run id and its offline records."""
+    run_id = (RunFolder(trial).read_summary().get("wandb") or {}).get("id") or trial.name
+    return run_id, [r for r in (trial / "wandb").glob(f"offline-run-*-{run_id}") if r.is_dir()]
+
+
+def _trial_destination(trials: Sequence[Path], config: dict[str, Any]) -> tuple[str, str | None]:
+    """The W&B project and entity the trials were recorded in (a trial's config.yaml), else the sweep YAML's."""
+    for trial in trials:
+        if (trial / "config.yaml").exists():
+            saved = yaml.safe_load((trial / "config.yaml").read_text()) or {}
+            wandb_cfg = saved.get("wandb") or {}
+            return str(wandb_cfg.get("project") or config.get("project")), wandb_cfg.get("entity") or config.get("entity")
+    return str(config.get("project")), config.get("entity")
