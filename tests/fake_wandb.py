@@ -52,6 +52,7 @@ class FakeServer:
 
     def install(self, monkeypatch: Any) -> FakeServer:
         import wandb
+
         from research.tracking import wandb_offline
 
         monkeypatch.setenv("WANDB_API_KEY", "0" * 40)
