@@ -410,6 +410,7 @@ def test_wandb_sweep_runs_are_reported_with_their_sweep(monkeypatch, tmp_path: P
     """`report --wandb`: the server is asked for finished runs only; a run of a W&B sweep is a trial of
     that sweep (its own section, ranked by the sweep metric), not a single run."""
     import wandb
+
     from research.sweep import load_sweep_yaml
     from tests.fake_wandb import FakeApi, FakeSweep, api_run
 
