@@ -254,20 +254,23 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
 def export_main(argv: Sequence[str] | None = None) -> None:
     parser = _parser(
         "export",
-        "Export a run's model to ONNX (or TorchScript) with its eval preprocessing in the file's metadata "
+        "Export a run's model to ONNX (or a torch.export program, .pt2) with its eval preprocessing in the file's metadata "
         "and in model.json beside it (input size, channels, mean/std, class names, resize-and-pad rule, run id, "
         "checkpoint); the batch axis is dynamic. Then checks parity with PyTorch on real images (the run's "
         "validation images, or --check-images DIR): max |difference| of the class probabilities, same winners, "
         "and CPU latency of both at batch 1, printed and written to parity.json; exits 2 if parity fails "
-        "(a probability differs by more than 1e-4 or a winner differs). Writes model_card.md too.",
+        "(a probability differs by more than 1e-5 or a winner differs). Writes model_card.md too.",
         "examples:\n  poetry run export --run runs/<id>                          # runs/<id>/export/model.onnx\n"
         "  poetry run export --run runs/<id> --check-images ../shared/data/new-images\n"
-        "  poetry run export --run runs/<id> --format torchscript     # runs/<id>/export/torchscript/model.pt\n"
+        "  poetry run export --run runs/<id> --format pt2            # runs/<id>/export/pt2/model.pt2 (torch.export)\n"
         "then: poetry run predict --onnx runs/<id>/export/model.onnx IMAGES",
     )
     parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="(default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="model file (default: <run>/export/model.onnx or model.pt)")
+    parser.add_argument(
+        "--format", default="onnx", choices=("onnx", "pt2"),
+        help="onnx (onnxruntime) or pt2 (a torch.export program: torch.export.load(FILE).module()) (default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, help="model file (default: <run>/export/model.onnx or <run>/export/pt2/model.pt2)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to export (default: best)")
     parser.add_argument("--check-images", type=Path, metavar="DIR", help="images for the parity check (default: the run's validation images)")
     parser.add_argument("--repeats", type=_positive_int, default=50, help="latency: timed calls per model, median reported (default: %(default)s)")

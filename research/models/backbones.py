@@ -12,6 +12,7 @@ channels, which gives the same response to a gray image replicated to RGB.
 from __future__ import annotations
 
 import logging
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError:
+        raise PretrainedWeightsError(
+            f"{path} (model.pretrained_file) was refused without running it: a weights file holds tensors "
+            "(and numbers, strings, lists, dicts), and this one needs more, or is not a PyTorch file"
+        ) from None
     except Exception as err:
         raise PretrainedWeightsError(f"{path} is not a readable PyTorch weights file: {err}") from err
     for key in ("state_dict", "model", "model_state"):
@@ -156,7 +162,7 @@ def create_torchvision_model(
         )
         try:
             # progress=False: torch.hub would write "Downloading: URL" to the console itself
-            net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
+            net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True, weights_only=True))
             source = f"torchvision hub ({weights})"
         except Exception as err:  # URLError, socket errors, SSL errors... all mean "offline"
             message = (

@@ -18,7 +18,7 @@ from typing import Any
 from research.inference.model_file import RESIZE_RULE, ModelMetadata
 from research.report.collect import RunRecord, load_run_record
 from research.report.statistics import CI_METRICS, RunGroup, group_runs
-from research.tracking.runs import RunFolderError, read_checkpoint
+from research.tracking.runs import RunFolderError, UnsafeCheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ def _normalisation(record: RunRecord) -> tuple[list[float] | None, list[float] |
         try:
             ckpt = read_checkpoint(record.path / "best.pt")
             return list(ckpt["mean"]), list(ckpt["std"]), "the model's own, stored in best.pt"
+        except UnsafeCheckpointError:  # a crafted file is an error to act on, not a gap in the card
+            raise
         except (RunFolderError, KeyError) as err:
             log.warning("%s: normalisation not read from best.pt (%s)", record.run_id, err)
     return None, None, "not recorded"
