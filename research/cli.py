@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from research.config import CHOICES
 from research.errors import UserError
 from research.faces.settings import MODES, SINGLE_MODES, resolve_mode
@@ -49,7 +51,9 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action
         args, extra = parser.parse_args(argv), []
     setup_logging(args.verbose)
     try:
-        sys.exit(action(args, list(extra)) or 0)
+        with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+            code = action(args, list(extra)) or 0
+        sys.exit(code)
     except KeyboardInterrupt:
         log.error("interrupted")
         sys.exit(130)
@@ -120,6 +124,11 @@ def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] |
     if args.list_models:
         _print("\n".join([*list_models(), "timm/<any timm model name>"]))
         return 0
+    if os.environ.get("WANDB_SWEEP_ID"):  # a trial of `wandb agent`: pretrained weights or a failed trial, never random ones
+        from research.config import SWEEP_TRIAL_OVERRIDES
+
+        log.info("W&B sweep trial: %s", " ".join(SWEEP_TRIAL_OVERRIDES))
+        overrides = [*overrides, *SWEEP_TRIAL_OVERRIDES]
     cfg = resolve_train_config(args.config, overrides)
     if args.print_config:
         _print(to_yaml(cfg))
@@ -177,6 +186,38 @@ def fetch_data_main(argv: Sequence[str] | None = None) -> None:
         return 0
 
     run_main(parser, argv, action)
+
+
+# --- fetch-weights ------------------------------------------------------------------------
+def fetch_weights_main(argv: Sequence[str] | None = None) -> None:
+    from research.config import list_presets
+
+    parser = _parser(
+        "fetch-weights",
+        "Download a preset's pretrained weights on a machine with internet, through torchvision's weights API or "
+        "timm's hub download (the same caches training reads), then print the files and what to copy or set on a "
+        "machine without internet (TORCH_HOME for torchvision, HF_HOME and HF_HUB_OFFLINE=1 for timm, or "
+        "model.pretrained_file=PATH). The files go to stdout, one per line; the instructions to the log.",
+        f"presets: {', '.join(list_presets())}\n\nexamples:\n  poetry run research fetch-weights --config resnet18_frozen\n"
+        "  poetry run research fetch-weights --config efficientnet_lite0\n"
+        "  poetry run research fetch-weights model.name=timm/convnext_atto   # any model, by name",
+        overrides=True,
+    )
+    parser.add_argument("--config", "-c", help="preset name (research/configs/NAME.yaml) or a YAML file")
+
+    def action(args: argparse.Namespace, overrides: list[str]) -> int:
+        from research.config import load_config, parse_overrides
+        from research.models.backbones import fetch_pretrained
+
+        cfg = load_config(args.config, parse_overrides(overrides))
+        fetched = fetch_pretrained(cfg.model.name)
+        log.info("pretrained weights of %s:\n%s", fetched.model, "\n".join(f"  {p}" for p in fetched.files))
+        log.info("on the machine without internet:\n%s", "\n".join(f"  - {line}" for line in fetched.offline))
+        for path in fetched.files:
+            _print(path)
+        return 0
+
+    run_main(parser, argv, action, overrides=True)
 
 
 # --- predict ------------------------------------------------------------------------------
