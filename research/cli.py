@@ -162,25 +162,42 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
 # --- fetch-data ---------------------------------------------------------------------------
 def fetch_data_main(argv: Sequence[str] | None = None) -> None:
-    from research.data.download import COURSE_DRIVE_ID, DEFAULT_DATA_DIR
+    from research.data.download import (
+        COURSE_DRIVE_ID,
+        DEFAULT_DATA_DIR,
+        DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT,
+    )
 
     parser = _parser(
         "fetch-data",
-        "Download the course dataset (a zip on Google Drive) with gdown, unpack it, find "
-        "dataset_emociones/train and dataset_emociones/validation, verify the class folders and print "
-        "images per class. Idempotent: does nothing when the dataset is already there.",
+        "Download the course dataset (a zip on Google Drive) with gdown, check its sha256, unpack it into a temporary "
+        "folder, find dataset_emociones/train and dataset_emociones/validation, verify the class folders and only then "
+        "move it into DATA_DIR; print images per class. Idempotent: does nothing when the dataset is already there. "
+        "An interrupted download resumes when run again; a failed one leaves no dataset folder behind.",
         "examples:\n  poetry run fetch-data\n  poetry run fetch-data --zip ~/Downloads/dataset_emociones.zip\n"
+        "  poetry run fetch-data --cookies-file ~/cookies.txt   # Drive says 'too many users': your browser's Google cookies\n"
         "then train with data.root=<the printed folder>",
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where to put it (default: %(default)s)")
     parser.add_argument("--zip", type=Path, help="use this zip already on disk instead of downloading")
     parser.add_argument("--drive-id", default=COURSE_DRIVE_ID, help="Google Drive file id (default: the course zip)")
     parser.add_argument("--force", action="store_true", help="download and unpack again")
+    parser.add_argument("--sha256", metavar="HEX", help="the zip's expected sha256, checked before unpacking (the log prints the sha256 of every zip)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help="seconds without data before an attempt fails (default: %(default)s)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N", help="further attempts, each resuming the transfer (default: %(default)s)")
+    parser.add_argument(
+        "--cookies-file", type=Path, metavar="FILE",
+        help="Netscape-format cookies of a browser logged in to Google, for Drive's 'too many users' page",
+    )
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.data.download import fetch_course_dataset, format_counts
 
-        root, counts = fetch_course_dataset(args.data_dir, zip_path=args.zip, drive_id=args.drive_id, force=args.force)
+        root, counts = fetch_course_dataset(
+            args.data_dir, zip_path=args.zip, drive_id=args.drive_id, force=args.force, sha256=args.sha256,
+            timeout=args.timeout, retries=args.retries, cookies_file=args.cookies_file,
+        )
         log.info("dataset ready at %s\n%s", root, format_counts(counts))
         _print(root)
         return 0

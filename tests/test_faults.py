@@ -235,7 +235,7 @@ def test_disk_full_is_a_clear_error_with_no_temp_files_and_the_run_marked_failed
     assert "cannot write" in caplog.text and "Free disk space" in caplog.text
     assert temp_files(run) == []
     assert RunFolder(run).read_summary()["status"] == "failed"
-    assert torch.load(run / "last.pt", weights_only=False)["trainer"]["epoch"] == 1  # epoch 1 is intact
+    assert torch.load(run / "last.pt", weights_only=True)["trainer"]["epoch"] == 1  # epoch 1 is intact
 
 
 # --- 6: images over the decompression-bomb limit --------------------------------------------------

@@ -249,6 +249,37 @@ def _export(parity: Mapping[str, Any]) -> list[str]:
     ]
 
 
+# Front matter: the Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-cards), so a card
+# published with the weights is indexed with its task, data and validation numbers.
+CARD_LICENSE = "mit"  # the repository's license (pyproject.toml); the training images keep their own terms
+FRONT_MATTER_METRICS = {"acc": ("accuracy", "accuracy"), "macro_f1": ("f1", "macro-F1"), "top2": ("top_k_accuracy", "top-2 accuracy")}
+
+
+def front_matter(record: RunRecord) -> str:
+    """The card's YAML front matter, written by ``huggingface_hub.ModelCardData``: license, tags, datasets, metrics
+    and a ``model-index`` with this run's validation numbers (those of the selected checkpoint)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = record.dataset.name or "unknown"
+    results = [
+        EvalResult(
+            task_type="image-classification", task_name="facial expression recognition (7 classes)",
+            dataset_type=dataset, dataset_name=dataset, dataset_split="validation",
+            metric_type=metric, metric_name=name, metric_value=float(value),
+        )
+        for key, (metric, name) in FRONT_MATTER_METRICS.items() if (value := record.score(key)) is not None
+    ]
+    tags = ["image-classification", "facial-expression-recognition", "pytorch", record.model.split("/")[0]]
+    if record.dataset.synthetic:
+        tags.append("synthetic-data")
+    data = ModelCardData(
+        license=CARD_LICENSE, library_name="pytorch", pipeline_tag="image-classification", tags=tags,
+        datasets=[dataset], metrics=[metric for metric, _ in FRONT_MATTER_METRICS.values()], model_name=record.run_id,
+        eval_results=results or None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n\n"
+
+
 def model_card(
     record: RunRecord,
     *,
@@ -258,7 +289,7 @@ def model_card(
 ) -> str:
     """The card's markdown. ``group``: the runs of the same configuration (spread over seeds)."""
     synthetic = record.dataset.synthetic
-    lines = [f"# Model card: {record.run_id}", ""]
+    lines = [front_matter(record) + f"# Model card: {record.run_id}", ""]
     if synthetic:
         lines += [
             "> **SYNTHETIC demo data.** This model was trained and validated on generated drawn faces; its "
