@@ -37,7 +37,7 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "wandb", "git", "h5py", "timm"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "wandb", "git", "h5py", "timm", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
 

@@ -475,3 +475,20 @@ def test_checkpoints_hold_plain_types_and_older_ones_with_numpy_floats_still_loa
     torch.save(old, tmp_path / "array.pt")
     with pytest.raises(UnsafeCheckpointError, match="array.pt was refused"):
         read_checkpoint(tmp_path / "array.pt")
+
+
+def test_a_config_yaml_with_a_python_tag_runs_nothing(tmp_path, caplog):
+    marker = tmp_path / "PAYLOAD-RAN"
+    bad = tmp_path / "evil.yaml"
+    bad.write_text(f'model:\n  name: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
+    assert cli(train_main, ["--config", str(bad), "--print-config"]) == 2
+    assert not marker.exists() and f"cannot read config file {bad}" in caplog.text
+
+
+def test_val_predictions_holding_pickled_objects_are_left_out_of_the_report(trained_run, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    marker = tmp_path / "PAYLOAD-RAN"
+    np.savez(run / "val_predictions.npz", targets=np.array([_Payload(marker)], dtype=object), preds=np.zeros(1))
+    assert cli(report_main, ["--runs", str(run), "--out", str(tmp_path / "report" / "results.md")]) == 0
+    assert not marker.exists() and "val_predictions.npz cannot be read" in caplog.text
