@@ -175,7 +175,7 @@ def _example(inputs: torch.Tensor) -> tuple[tuple[torch.Tensor], dict[str, Any]]
     """The example input of ``torch.export`` and its dynamic batch axis (named ``batch``). The example holds
     two images: from one, ``torch.export`` would fix the batch size at 1."""
     example = inputs[:2] if len(inputs) > 1 else inputs[:1].repeat(2, 1, 1, 1)
-    return (example,), {"x": {0: torch.export.Dim("batch", min=1)}}
+    return (example,), {"x": {0: torch.export.Dim("batch", min=1)}}  # "x": the argument of FERClassifier.forward
 
 
 def _export_onnx(model: torch.nn.Module, inputs: torch.Tensor, path: Path, record: dict[str, Any]) -> None:
