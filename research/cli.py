@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from tqdm.contrib.logging import logging_redirect_tqdm
+
 from research.config import CHOICES
 from research.errors import UserError
 from research.faces.settings import MODES, SINGLE_MODES, resolve_mode
@@ -35,7 +37,7 @@ def setup_logging(verbose: bool = False) -> None:
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
-    for noisy in ("PIL", "matplotlib", "urllib3", "wandb", "git", "h5py", "timm"):
+    for noisy in ("PIL", "matplotlib", "urllib3", "wandb", "git", "h5py", "timm", "onnxscript", "onnx_ir", "torch.onnx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("WANDB_SILENT", "true")
 
@@ -49,7 +51,9 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action
         args, extra = parser.parse_args(argv), []
     setup_logging(args.verbose)
     try:
-        sys.exit(action(args, list(extra)) or 0)
+        with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+            code = action(args, list(extra)) or 0
+        sys.exit(code)
     except KeyboardInterrupt:
         log.error("interrupted")
         sys.exit(130)
@@ -120,6 +124,11 @@ def _train(args: argparse.Namespace, overrides: list[str], argv: Sequence[str] |
     if args.list_models:
         _print("\n".join([*list_models(), "timm/<any timm model name>"]))
         return 0
+    if os.environ.get("WANDB_SWEEP_ID"):  # a trial of `wandb agent`: pretrained weights or a failed trial, never random ones
+        from research.config import SWEEP_TRIAL_OVERRIDES
+
+        log.info("W&B sweep trial: %s", " ".join(SWEEP_TRIAL_OVERRIDES))
+        overrides = [*overrides, *SWEEP_TRIAL_OVERRIDES]
     cfg = resolve_train_config(args.config, overrides)
     if args.print_config:
         _print(to_yaml(cfg))
@@ -153,30 +162,79 @@ def train_main(argv: Sequence[str] | None = None) -> None:
 
 # --- fetch-data ---------------------------------------------------------------------------
 def fetch_data_main(argv: Sequence[str] | None = None) -> None:
-    from research.data.download import COURSE_DRIVE_ID, DEFAULT_DATA_DIR
+    from research.data.download import (
+        COURSE_DRIVE_ID,
+        DEFAULT_DATA_DIR,
+        DEFAULT_RETRIES,
+        DEFAULT_TIMEOUT,
+    )
 
     parser = _parser(
         "fetch-data",
-        "Download the course dataset (a zip on Google Drive) with gdown, unpack it, find "
-        "dataset_emociones/train and dataset_emociones/validation, verify the class folders and print "
-        "images per class. Idempotent: does nothing when the dataset is already there.",
+        "Download the course dataset (a zip on Google Drive) with gdown, check its sha256, unpack it into a temporary "
+        "folder, find dataset_emociones/train and dataset_emociones/validation, verify the class folders and only then "
+        "move it into DATA_DIR; print images per class. Idempotent: does nothing when the dataset is already there. "
+        "An interrupted download resumes when run again; a failed one leaves no dataset folder behind.",
         "examples:\n  poetry run fetch-data\n  poetry run fetch-data --zip ~/Downloads/dataset_emociones.zip\n"
+        "  poetry run fetch-data --cookies-file ~/cookies.txt   # Drive says 'too many users': your browser's Google cookies\n"
         "then train with data.root=<the printed folder>",
     )
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where to put it (default: %(default)s)")
     parser.add_argument("--zip", type=Path, help="use this zip already on disk instead of downloading")
     parser.add_argument("--drive-id", default=COURSE_DRIVE_ID, help="Google Drive file id (default: the course zip)")
     parser.add_argument("--force", action="store_true", help="download and unpack again")
+    parser.add_argument("--sha256", metavar="HEX", help="the zip's expected sha256, checked before unpacking (the log prints the sha256 of every zip)")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="S", help="seconds without data before an attempt fails (default: %(default)s)")
+    parser.add_argument("--retries", type=int, default=DEFAULT_RETRIES, metavar="N", help="further attempts, each resuming the transfer (default: %(default)s)")
+    parser.add_argument(
+        "--cookies-file", type=Path, metavar="FILE",
+        help="Netscape-format cookies of a browser logged in to Google, for Drive's 'too many users' page",
+    )
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.data.download import fetch_course_dataset, format_counts
 
-        root, counts = fetch_course_dataset(args.data_dir, zip_path=args.zip, drive_id=args.drive_id, force=args.force)
+        root, counts = fetch_course_dataset(
+            args.data_dir, zip_path=args.zip, drive_id=args.drive_id, force=args.force, sha256=args.sha256,
+            timeout=args.timeout, retries=args.retries, cookies_file=args.cookies_file,
+        )
         log.info("dataset ready at %s\n%s", root, format_counts(counts))
         _print(root)
         return 0
 
     run_main(parser, argv, action)
+
+
+# --- fetch-weights ------------------------------------------------------------------------
+def fetch_weights_main(argv: Sequence[str] | None = None) -> None:
+    from research.config import list_presets
+
+    parser = _parser(
+        "fetch-weights",
+        "Download a preset's pretrained weights on a machine with internet, through torchvision's weights API or "
+        "timm's hub download (the same caches training reads), then print the files and what to copy or set on a "
+        "machine without internet (TORCH_HOME for torchvision, HF_HOME and HF_HUB_OFFLINE=1 for timm, or "
+        "model.pretrained_file=PATH). The files go to stdout, one per line; the instructions to the log.",
+        f"presets: {', '.join(list_presets())}\n\nexamples:\n  poetry run research fetch-weights --config resnet18_frozen\n"
+        "  poetry run research fetch-weights --config efficientnet_lite0\n"
+        "  poetry run research fetch-weights model.name=timm/convnext_atto   # any model, by name",
+        overrides=True,
+    )
+    parser.add_argument("--config", "-c", help="preset name (research/configs/NAME.yaml) or a YAML file")
+
+    def action(args: argparse.Namespace, overrides: list[str]) -> int:
+        from research.config import load_config, parse_overrides
+        from research.models.backbones import fetch_pretrained
+
+        cfg = load_config(args.config, parse_overrides(overrides))
+        fetched = fetch_pretrained(cfg.model.name)
+        log.info("pretrained weights of %s:\n%s", fetched.model, "\n".join(f"  {p}" for p in fetched.files))
+        log.info("on the machine without internet:\n%s", "\n".join(f"  - {line}" for line in fetched.offline))
+        for path in fetched.files:
+            _print(path)
+        return 0
+
+    run_main(parser, argv, action, overrides=True)
 
 
 # --- predict ------------------------------------------------------------------------------
@@ -254,20 +312,23 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
 def export_main(argv: Sequence[str] | None = None) -> None:
     parser = _parser(
         "export",
-        "Export a run's model to ONNX (or TorchScript) with its eval preprocessing in the file's metadata "
+        "Export a run's model to ONNX (or a torch.export program, .pt2) with its eval preprocessing in the file's metadata "
         "and in model.json beside it (input size, channels, mean/std, class names, resize-and-pad rule, run id, "
         "checkpoint); the batch axis is dynamic. Then checks parity with PyTorch on real images (the run's "
         "validation images, or --check-images DIR): max |difference| of the class probabilities, same winners, "
         "and CPU latency of both at batch 1, printed and written to parity.json; exits 2 if parity fails "
-        "(a probability differs by more than 1e-4 or a winner differs). Writes model_card.md too.",
+        "(a probability differs by more than 1e-5 or a winner differs). Writes model_card.md too.",
         "examples:\n  poetry run export --run runs/<id>                          # runs/<id>/export/model.onnx\n"
         "  poetry run export --run runs/<id> --check-images ../shared/data/new-images\n"
-        "  poetry run export --run runs/<id> --format torchscript     # runs/<id>/export/torchscript/model.pt\n"
+        "  poetry run export --run runs/<id> --format pt2            # runs/<id>/export/pt2/model.pt2 (torch.export)\n"
         "then: poetry run predict --onnx runs/<id>/export/model.onnx IMAGES",
     )
     parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
-    parser.add_argument("--format", default="onnx", choices=("onnx", "torchscript"), help="(default: %(default)s)")
-    parser.add_argument("--out", type=Path, help="model file (default: <run>/export/model.onnx or model.pt)")
+    parser.add_argument(
+        "--format", default="onnx", choices=("onnx", "pt2"),
+        help="onnx (onnxruntime) or pt2 (a torch.export program: torch.export.load(FILE).module()) (default: %(default)s)",
+    )
+    parser.add_argument("--out", type=Path, help="model file (default: <run>/export/model.onnx or <run>/export/pt2/model.pt2)")
     parser.add_argument("--checkpoint", default="best", choices=("best", "last"), help="checkpoint to export (default: best)")
     parser.add_argument("--check-images", type=Path, metavar="DIR", help="images for the parity check (default: the run's validation images)")
     parser.add_argument("--repeats", type=_positive_int, default=50, help="latency: timed calls per model, median reported (default: %(default)s)")

@@ -444,7 +444,19 @@ def check_inputs(cfg: DictConfig) -> None:
         raise ConfigError(f"model.pretrained_file={cfg.model.pretrained_file} not found; give the path of a state_dict file")
     if cfg.run.new_images and not Path(cfg.run.new_images).expanduser().is_dir():
         raise ConfigError(f"run.new_images={cfg.run.new_images} is not a folder of images")
+    if cfg.model.mode == "frozen" and cfg.model.pretrained_fallback and not cfg.run.resume:
+        raise ConfigError(
+            "model.pretrained_fallback=true with model.mode=frozen: without the pretrained weights only the head would "
+            "train, on a random frozen backbone. Set model.pretrained_fallback=false and provide the weights "
+            "(model.pretrained_file=PATH, or `poetry run research fetch-weights --config PRESET` on a machine online), "
+            "or use model.mode=finetune"
+        )
     init_checkpoint(cfg)
+
+
+# A sweep compares trials: each one trains from the pretrained weights or fails, never from random weights
+# in their place (the local runner adds this to every trial; `train` adds it under `wandb agent`).
+SWEEP_TRIAL_OVERRIDES = ("model.pretrained_fallback=false",)
 
 
 def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:

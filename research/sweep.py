@@ -32,8 +32,11 @@ from typing import Any
 
 import numpy as np
 import yaml
+from omegaconf import DictConfig
 
+from research.builders.model import build_model
 from research.config import (
+    SWEEP_TRIAL_OVERRIDES,
     ConfigError,
     _nearest,
     all_keys,
@@ -57,6 +60,15 @@ def _sweeps():
         import sweeps
 
     return sweeps
+
+
+def check_pretrained_weights(cfg: DictConfig) -> None:
+    """The inputs every trial reads, and the pretrained weights once (downloaded into the hub cache, or read from it):
+    with ``model.pretrained_fallback`` off in every trial, a sweep whose weights cannot be had stops here, before
+    trial 1, instead of failing each trial (or, with the fallback, silently mixing pretrained and random trials)."""
+    check_inputs(cfg)
+    if cfg.model.pretrained and not cfg.model.pretrained_file and not cfg.model.get("init_from"):
+        build_model(cfg)
 
 
 class TrialStopped(Exception):
@@ -275,13 +287,13 @@ class LocalSweep:
         self.goal = self.config.get("metric", {}).get("goal", "maximize")
         self.preset, fixed = command_preset_and_overrides(self.config.get("command") or [])
         user = parse_overrides(overrides)
-        base_cfg = load_config(self.preset, [*fixed, *user])
-        check_inputs(base_cfg)  # fail now, not in trial 3
+        self.base = [*fixed, *user, *SWEEP_TRIAL_OVERRIDES]
+        base_cfg = load_config(self.preset, self.base)
+        check_pretrained_weights(base_cfg)  # fail now, not in trial 3
         clash = [o.split("=", 1)[0] for o in user if o.split("=", 1)[0] in self.config["parameters"]]
         if clash:
             log.warning("overrides %s are swept parameters; the sweep's values win", clash)
-        check_sweep_values(Path(sweep_yaml), self.config, self.preset, [*fixed, *user])
-        self.base = [*fixed, *user]
+        check_sweep_values(Path(sweep_yaml), self.config, self.preset, self.base)
         self.sweep_id = sweep_id or f"{Path(sweep_yaml).stem}-{datetime.now():%Y%m%d-%H%M%S}"
         # Trials go under the run.dir the user gave (default runs/): <run.dir>/sweeps/<sweep-id>/trials/.
         self.folder = Path(root if root is not None else Path(base_cfg.run.dir) / "sweeps") / self.sweep_id

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -18,6 +19,16 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SHARED_DATA = SHARED / "data"
 SHARED_WEIGHTS = SHARED / "weights" / "tf_efficientnet_lite0.imagenet.pth"
+
+def face_photo() -> np.ndarray:
+    """A real frontal face: the Grace Hopper portrait matplotlib ships (600x512x3 uint8 RGB), so face tests need
+    no download and no extra test dependency."""
+    from matplotlib import cbook
+    from PIL import Image
+
+    with cbook.get_sample_data("grace_hopper.jpg") as fh:
+        return np.asarray(Image.open(fh).convert("RGB"))
+
 
 def load_benchmark(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a module, importing its neighbours (``hostinfo``) as when it is run."""

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import FAST
+from tests.conftest import FAST, face_photo
 
 pytest.importorskip("dlib", reason="the align extra (poetry install --extras align) is not installed")
 
@@ -33,8 +33,8 @@ INSTALL_HINT = "poetry install --extras align"
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    return pytest.importorskip("skimage.data").astronaut()  # 512x512x3 uint8 RGB, one frontal face
+def portrait() -> np.ndarray:
+    return face_photo()  # 600x512x3 uint8 RGB, one frontal face
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,9 @@ def tilt(left: np.ndarray, right: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("degrees", [-20.0, 0.0, 15.0])
-def test_rotated_face_comes_out_with_level_eyes(aligner, astronaut, degrees) -> None:
-    tilted = rotate(astronaut, degrees)
-    result = aligner(tilted, name="astronaut")
+def test_rotated_face_comes_out_with_level_eyes(aligner, portrait, degrees) -> None:
+    tilted = rotate(portrait, degrees)
+    result = aligner(tilted, name="portrait")
     assert isinstance(result, AlignedCrop) and result.found and not result.fallback
     assert abs(tilt(*eye_centres(result.landmarks))) > abs(degrees) - 8  # the input really is tilted
     # The landmarks carried through the warp: eyes level, at the configured distance and height.
@@ -126,12 +126,12 @@ def test_missing_landmark_model_names_the_extra(monkeypatch) -> None:
 
 # --- predict / evaluate / train / report --------------------------------------------------------
 @pytest.fixture(scope="module")
-def face_folder(tmp_path_factory, astronaut) -> Path:
-    """Labelled photos: the astronaut upright and tilted (faces), a flat image (no face)."""
+def face_folder(tmp_path_factory, portrait) -> Path:
+    """Labelled photos: the portrait upright and tilted (faces), a flat image (no face)."""
     folder = tmp_path_factory.mktemp("faces") / "photos"
     folder.mkdir()
-    Image.fromarray(astronaut).save(folder / "happiness_1.jpg")
-    Image.fromarray(rotate(astronaut, 20)).save(folder / "happiness_2.jpg")
+    Image.fromarray(portrait).save(folder / "happiness_1.jpg")
+    Image.fromarray(rotate(portrait, 20)).save(folder / "happiness_2.jpg")
     Image.fromarray(np.full((90, 160, 3), 128, np.uint8)).save(folder / "anger_1.png")
     return folder
 

@@ -194,7 +194,7 @@ def test_offline_hub_uses_the_installed_package(monkeypatch):
 def test_offline_hub_without_the_package_says_how(monkeypatch):
     _offline_hub(monkeypatch)
     monkeypatch.setattr("research.models.backbones.package_weights_file", lambda name: None)
-    with pytest.raises(PretrainedWeightsError, match=r"model.pretrained_file=PATH, or install .*--extras imagenet"):
+    with pytest.raises(PretrainedWeightsError, match=r"model.pretrained_file=PATH.*HF_HUB_OFFLINE.*or install its ImageNet weights: poetry install --extras imagenet"):
         create_model("timm/tf_efficientnet_lite0", 7, pretrained=True)
     model = create_model("timm/tf_efficientnet_lite0", 7, pretrained=True, pretrained_fallback=True)
     assert model.pretrained_source == "none (hub unreachable)"

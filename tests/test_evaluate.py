@@ -14,7 +14,7 @@ from PIL import Image
 from research.data.datasets import DatasetLayoutError
 from research.inference.evaluate import evaluate_run, find_labelled_images
 from research.inference.loaded import load_run
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, face_photo
 
 
 def test_english_set_scored_by_spanish_trained_model(trained_run, tiny_english_dataset, tmp_path):
@@ -53,10 +53,9 @@ def test_bad_data_dirs(tmp_path):
 
 
 def test_haar_counts_faceless_images(trained_run, tmp_path):
-    skimage_data = pytest.importorskip("skimage.data")
     folder = tmp_path / "faces"
     folder.mkdir()
-    Image.fromarray(skimage_data.astronaut()).save(folder / "happy_1.png")
+    Image.fromarray(face_photo()).save(folder / "happy_1.png")
     Image.fromarray(np.full((64, 64, 3), 90, np.uint8)).save(folder / "sad_1.png")
     (folder / "anger_1.jpg").write_bytes(b"not a jpeg")
     result = evaluate_run(load_run(trained_run), folder, face="haar", out=tmp_path / "h")

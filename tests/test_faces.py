@@ -9,12 +9,12 @@ import pytest
 
 from research.faces.geometry import FaceCrop, NoFaceFoundError, draw_box, square_crop_box
 from research.faces.haar import HaarFaceCropper, load_cascade
+from tests.conftest import face_photo
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> np.ndarray:
-    data = pytest.importorskip("skimage.data")
-    return data.astronaut()  # 512x512x3 uint8 RGB, one frontal face
+def portrait() -> np.ndarray:
+    return face_photo()  # 600x512x3 uint8 RGB, one frontal face
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def _assert_square_inside(crop_box: tuple[int, int, int, int], height: int, widt
     assert 0 <= y0 < y1 <= height
 
 
-def test_finds_the_astronaut_face(cropper, astronaut) -> None:
-    result = cropper(astronaut, name="astronaut.png")
+def test_finds_the_face_in_a_portrait(cropper, portrait) -> None:
+    result = cropper(portrait, name="portrait.png")
     assert isinstance(result, FaceCrop)
     assert result.found and not result.fallback
     assert result.n_faces >= 1
@@ -45,14 +45,14 @@ def test_finds_the_astronaut_face(cropper, astronaut) -> None:
     # The face sits in the upper middle of the photo.
     assert 100 < x + w / 2 < 320 and 50 < y + h / 2 < 250 and w > 50
     assert _contains(result.crop_box, result.box)
-    _assert_square_inside(result.crop_box, *astronaut.shape[:2])
+    _assert_square_inside(result.crop_box, *portrait.shape[:2])
     x0, y0, x1, y1 = result.crop_box
-    assert np.array_equal(result.image, astronaut[y0:y1, x0:x1])
+    assert np.array_equal(result.image, portrait[y0:y1, x0:x1])
     assert result.image.shape == (y1 - y0, x1 - x0, 3) and result.image.dtype == np.uint8
 
 
-def test_detect_sorts_largest_first(cropper, astronaut) -> None:
-    faces = cropper.detect(astronaut)
+def test_detect_sorts_largest_first(cropper, portrait) -> None:
+    faces = cropper.detect(portrait)
     areas = [w * h for _, _, w, h in faces]
     assert faces and areas == sorted(areas, reverse=True)
 
@@ -158,8 +158,8 @@ def test_tiny_wide_and_tall_images_do_not_fail(cropper, shape) -> None:
 
 
 @pytest.mark.parametrize("layout", ["wide", "tall"])
-def test_face_in_wide_and_tall_canvas(cropper, astronaut, layout) -> None:
-    face_region = astronaut[:300, 80:380]
+def test_face_in_wide_and_tall_canvas(cropper, portrait, layout) -> None:
+    face_region = portrait[50:350, 116:416]  # the face (x 147-386, y 99-338) whole
     canvas = np.full((300, 900, 3) if layout == "wide" else (900, 300, 3), 200, dtype=np.uint8)
     if layout == "wide":
         canvas[:, 600:] = face_region
@@ -173,8 +173,8 @@ def test_face_in_wide_and_tall_canvas(cropper, astronaut, layout) -> None:
 
 
 @pytest.mark.parametrize("channels", [None, 1])
-def test_grayscale_input(cropper, astronaut, channels) -> None:
-    gray = (astronaut @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
+def test_grayscale_input(cropper, portrait, channels) -> None:
+    gray = (portrait @ np.array([0.299, 0.587, 0.114])).astype(np.uint8)
     if channels == 1:
         gray = gray[:, :, None]
     result = cropper(gray)
@@ -182,11 +182,11 @@ def test_grayscale_input(cropper, astronaut, channels) -> None:
     assert result.image.ndim == 3 and result.image.shape[2] == 3
     assert np.array_equal(result.image[:, :, 0], result.image[:, :, 2])
     fallback = cropper(np.zeros(gray.shape, dtype=np.uint8))
-    assert fallback.image.shape == (512, 512, 3)
+    assert fallback.image.shape == (600, 512, 3)
 
 
-def test_rgba_input_is_accepted(cropper, astronaut) -> None:
-    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, dtype=np.uint8)])
+def test_rgba_input_is_accepted(cropper, portrait) -> None:
+    rgba = np.dstack([portrait, np.full(portrait.shape[:2], 255, dtype=np.uint8)])
     assert cropper(rgba).found
 
 
@@ -238,8 +238,7 @@ def test_draw_box_returns_a_marked_copy() -> None:
 def test_tightly_cropped_small_face_is_found():
     import cv2
 
-    skimage_data = pytest.importorskip("skimage.data")
-    image = skimage_data.astronaut()
+    image = face_photo()
     x, y, w, h = HaarFaceCropper().detect(image)[0]
     tight = cv2.resize(np.ascontiguousarray(image[y : y + h, x : x + w]), (70, 70), interpolation=cv2.INTER_AREA)
     bx, by, bw, bh = HaarFaceCropper().detect(tight)[0]

@@ -21,8 +21,10 @@ from PIL import Image
 
 from research.cli import (
     evaluate_main,
+    export_main,
     pipeline_main,
     predict_main,
+    report_main,
     sweep_main,
     sync_runs_main,
     train_main,
@@ -237,7 +239,7 @@ def test_disk_full_is_a_clear_error_with_no_temp_files_and_the_run_marked_failed
     assert "cannot write" in caplog.text and "Free disk space" in caplog.text
     assert temp_files(run) == []
     assert RunFolder(run).read_summary()["status"] == "failed"
-    assert torch.load(run / "last.pt", weights_only=False)["trainer"]["epoch"] == 1  # epoch 1 is intact
+    assert torch.load(run / "last.pt", weights_only=True)["trainer"]["epoch"] == 1  # epoch 1 is intact
 
 
 # --- 6: images over the decompression-bomb limit --------------------------------------------------
@@ -547,3 +549,101 @@ def test_drop_path_on_a_timm_model_without_stochastic_depth(tmp_path, tiny_datas
     assert cli(train_main, ["--seeds", "2", *train_args(tiny_dataset, tmp_path / "runs", "model.name=timm/vgg11",
                                                         "data.channels=3", "model.drop_path=0.1")]) == 2
     assert caplog.text.count("has no stochastic depth") == 1
+
+
+# --- 26.7: a crafted checkpoint runs nothing ---------------------------------------------------------
+class _Payload:
+    """Unpickling this creates ``marker``: what a crafted checkpoint would do with ``os.system``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import builtins
+
+        return builtins.open, (self.marker, "w")
+
+
+def _crafted_run(trained_run: Path, folder: Path, name: str, *, raw_pickle: bool = False) -> tuple[Path, Path]:
+    """A copy of ``trained_run`` whose ``name`` (best.pt or last.pt) is the real checkpoint plus the payload;
+    returns the run folder and the marker file the payload would create."""
+    import pickle
+
+    run, marker = folder / "run", folder / "PAYLOAD-RAN"
+    shutil.copytree(trained_run, run)
+    ckpt = torch.load(run / name, map_location="cpu", weights_only=True)
+    ckpt["note"] = _Payload(marker)
+    if raw_pickle:
+        (run / name).write_bytes(pickle.dumps(ckpt))
+    else:
+        torch.save(ckpt, run / name)
+    return run, marker
+
+
+def _crafted_argv(entry: str, run: Path, data: Path, out: Path) -> tuple[object, list[str]]:
+    if entry == "predict":
+        return predict_main, ["--run", str(run), str(data / "validation"), "--wandb", "disabled", "--out", str(out)]
+    if entry == "evaluate":
+        return evaluate_main, ["--run", str(run), str(data), "--split", "validation", "--wandb", "disabled", "--out", str(out)]
+    if entry == "export":
+        return export_main, ["--run", str(run), "--out", str(out / "model.onnx"), "--check-images", str(data / "validation")]
+    if entry == "report":
+        return report_main, ["--runs", str(run), "--out", str(out / "results.md")]
+    if entry == "resume":
+        return train_main, [f"run.resume={run}"]
+    return train_main, train_args(data, out, f"model.init_from={run}", "run.name=child")  # init_from
+
+
+@pytest.mark.parametrize(
+    ("entry", "name"),
+    [("predict", "best.pt"), ("evaluate", "best.pt"), ("export", "best.pt"), ("report", "best.pt"),
+     ("resume", "last.pt"), ("init_from", "best.pt")],
+)
+def test_a_crafted_checkpoint_is_refused_and_runs_nothing(entry, name, trained_run, tiny_dataset, tmp_path, caplog):
+    run, marker = _crafted_run(trained_run, tmp_path, name)
+    summary = (run / "summary.json").read_text()
+    main, argv = _crafted_argv(entry, run, tiny_dataset, tmp_path / "out")
+    assert cli(main, argv) == 2
+    assert not marker.exists(), "the checkpoint's payload ran"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and f"{run / name}" in errors[0] and "was refused without running it" in errors[0], errors
+    assert (run / "summary.json").read_text() == summary  # the run folder is left as it was
+    assert not (tmp_path / "out" / "child").exists()
+
+
+def test_a_crafted_bare_pickle_is_refused_too(trained_run, tiny_dataset, tmp_path, caplog):
+    run, marker = _crafted_run(trained_run, tmp_path, "best.pt", raw_pickle=True)
+    assert cli(predict_main, ["--run", str(run), str(tiny_dataset / "validation"), "--wandb", "disabled"]) == 2
+    assert not marker.exists() and f"{run / 'best.pt'} was refused without running it" in caplog.text
+
+
+def test_checkpoints_hold_plain_types_and_older_ones_with_numpy_floats_still_load(trained_run, tmp_path):
+    from research.tracking.runs import UnsafeCheckpointError, read_checkpoint
+
+    for name in ("best.pt", "last.pt"):  # what the trainer writes needs no allow-listed global at all
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(str(trained_run / name)) == []
+    old = torch.load(trained_run / "last.pt", map_location="cpu", weights_only=True)
+    old["trainer"]["history"][0]["lr"] = np.float64(0.003)  # as last.pt files written before held them
+    torch.save(old, tmp_path / "old.pt")
+    assert read_checkpoint(tmp_path / "old.pt")["trainer"]["history"][0]["lr"] == 0.003
+    old["trainer"]["history"][0]["lr"] = np.array([0.003])  # a numpy array is not on the allow-list
+    torch.save(old, tmp_path / "array.pt")
+    with pytest.raises(UnsafeCheckpointError, match="array.pt was refused"):
+        read_checkpoint(tmp_path / "array.pt")
+
+
+def test_a_config_yaml_with_a_python_tag_runs_nothing(tmp_path, caplog):
+    marker = tmp_path / "PAYLOAD-RAN"
+    bad = tmp_path / "evil.yaml"
+    bad.write_text(f'model:\n  name: !!python/object/apply:builtins.open ["{marker}", "w"]\n')
+    assert cli(train_main, ["--config", str(bad), "--print-config"]) == 2
+    assert not marker.exists() and f"cannot read config file {bad}" in caplog.text
+
+
+def test_val_predictions_holding_pickled_objects_are_left_out_of_the_report(trained_run, tmp_path, caplog):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    marker = tmp_path / "PAYLOAD-RAN"
+    np.savez(run / "val_predictions.npz", targets=np.array([_Payload(marker)], dtype=object), preds=np.zeros(1))
+    assert cli(report_main, ["--runs", str(run), "--out", str(tmp_path / "report" / "results.md")]) == 0
+    assert not marker.exists() and "val_predictions.npz cannot be read" in caplog.text

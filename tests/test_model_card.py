@@ -22,7 +22,7 @@ def _section(card: str, title: str) -> str:
 def test_card_of_a_trained_run(trained_run, tmp_path):
     card = write_model_card(trained_run, tmp_path / "card.md").read_text()
     summary = json.loads((trained_run / "summary.json").read_text())
-    assert card.startswith("# Model card: trained")
+    assert card.split("\n---\n\n", 1)[1].startswith("# Model card: trained")
     assert [s for s in SECTIONS if s not in card] == []
     assert ("SYNTHETIC demo data." in card) == summary["dataset"]["synthetic"]
     data = _section(card, "## Data")
@@ -57,6 +57,35 @@ def test_card_of_a_trained_run(trained_run, tmp_path):
         assert f"true **{names[i]}** predicted as **{names[j]}**: {count} of {sum(c[i])}" in weak
     limits = _section(card, "## Intended use and limits")
     assert "Not for decisions about people" in limits and "Research and education" in limits
+
+
+def front_matter(card: str) -> dict:
+    """The card's YAML front matter, as the Hugging Face hub reads it."""
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("\n---\n", 1)[0].removeprefix("---\n"))
+
+
+def test_the_front_matter_holds_the_runs_numbers(trained_run, tmp_path):
+    from huggingface_hub import ModelCard
+
+    path = write_model_card(trained_run, tmp_path / "card.md")
+    meta = front_matter(path.read_text())
+    summary = json.loads((trained_run / "summary.json").read_text())
+    assert meta["license"] == "mit" and meta["pipeline_tag"] == "image-classification"
+    assert {"image-classification", "facial-expression-recognition", "scratch_cnn_small"} <= set(meta["tags"])
+    assert ("synthetic-data" in meta["tags"]) == summary["dataset"]["synthetic"]
+    assert meta["datasets"] == [summary["dataset"]["name"]]
+    assert meta["metrics"] == ["accuracy", "f1", "top_k_accuracy"]
+    [index] = meta["model-index"]
+    assert index["name"] == summary["run_id"] == "trained"
+    [result] = index["results"]
+    assert result["task"]["type"] == "image-classification"
+    assert result["dataset"] == {"name": summary["dataset"]["name"], "type": summary["dataset"]["name"], "split": "validation"}
+    values = {m["type"]: m["value"] for m in result["metrics"]}
+    assert values == {"accuracy": summary["best"]["val/acc"], "f1": summary["best"]["val/macro_f1"],
+                      "top_k_accuracy": summary["best"]["val/top2"]}
+    card = ModelCard.load(path)  # huggingface_hub's own reader parses it and finds the same results
+    assert card.data.license == "mit" and card.data.eval_results[0].metric_value == summary["best"]["val/acc"]
 
 
 def test_report_writes_linked_cards_with_the_spread_of_seeds(trained_run, tmp_path):

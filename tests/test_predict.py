@@ -16,16 +16,15 @@ from PIL import Image
 from research.data.datasets import load_datasets
 from research.inference.loaded import load_run, predict_arrays
 from research.inference.predict import predict_folder, read_new_images
-from tests.conftest import SHARED_DATA
+from tests.conftest import SHARED_DATA, face_photo
 from tests.test_plots import crop_panel_text_lines
 
 
 @pytest.fixture()
 def photo_folder(tmp_path) -> Path:
-    skimage_data = pytest.importorskip("skimage.data")
     folder = tmp_path / "photos"
     (folder / "alegria").mkdir(parents=True)
-    Image.fromarray(skimage_data.astronaut()).save(folder / "happiness_1.jpg")  # a real face
+    Image.fromarray(face_photo()).save(folder / "happiness_1.jpg")  # a real face
     Image.fromarray(np.full((90, 160, 3), 128, np.uint8)).save(folder / "anger_2.png")  # no face, wide
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40), dtype=np.uint8)).save(folder / "alegria" / "x.png")
     (folder / "notes.txt").write_text("not an image")

@@ -39,12 +39,12 @@ def test_one_epoch_run_folder_is_complete(tmp_path, tiny_dataset):
     assert set(saved["best"]) >= {"val/acc", "val/top2", "val/macro_f1", "val/weighted_f1", "val/loss", "val/ece"}
     assert 0 <= saved["best"]["val/acc"] <= saved["best"]["val/top2"] <= 1
     assert "precision" in (run / "classification_report.txt").read_text()
-    ckpt = torch.load(run / "best.pt", weights_only=False)
+    ckpt = torch.load(run / "best.pt", weights_only=True)
     assert ckpt["class_names"][0] == "anger" and ckpt["config"]["model"]["name"] == "scratch_cnn_small"
     # best.pt: the weights and what inference needs; last.pt: everything resume needs
     assert {"model", "mean", "std", "class_names", "config"} <= set(ckpt)
     assert not {"optimizer", "scheduler", "trainer"} & set(ckpt)
-    assert {"optimizer", "scheduler", "trainer", "mean", "std"} <= set(torch.load(run / "last.pt", weights_only=False))
+    assert {"optimizer", "scheduler", "trainer", "mean", "std"} <= set(torch.load(run / "last.pt", weights_only=True))
     assert summary.dataset.synthetic is False and summary.dataset.train_images > 0
 
 
@@ -69,7 +69,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_dataset, monkeypatch):
         train(cfg_for(tiny_dataset, tmp_path, "run.name=cut", *extra))
     cut = tmp_path / "cut"
     assert RunFolder(cut).read_summary()["status"] == "interrupted"
-    assert torch.load(cut / "last.pt", weights_only=False)["trainer"]["epoch"] == 2
+    assert torch.load(cut / "last.pt", weights_only=True)["trainer"]["epoch"] == 2
     stop_interrupting()
 
     resumed = train(resolve_train_config(None, [f"run.resume={cut}"]))
@@ -98,7 +98,7 @@ def test_frozen_then_unfreeze(tmp_path, tiny_dataset):
         "model.unfreeze_epoch=1", "train.epochs=2",
     ))
     assert summary.params_trainable < summary.params_total
-    ckpt = torch.load(Path(summary.run_dir) / "last.pt", weights_only=False)
+    ckpt = torch.load(Path(summary.run_dir) / "last.pt", weights_only=True)
     assert ckpt["frozen"] is False
 
 
@@ -145,7 +145,7 @@ def test_cache_modes_give_the_same_history(tmp_path, tiny_dataset):
     }
     histories = {mode: _history(Path(s.run_dir)) for mode, s in runs.items()}
     assert histories["mmap"] == histories["memory"] and histories["stream"] == histories["memory"]
-    weights = {mode: torch.load(Path(s.run_dir) / "best.pt", weights_only=False)["model"] for mode, s in runs.items()}
+    weights = {mode: torch.load(Path(s.run_dir) / "best.pt", weights_only=True)["model"] for mode, s in runs.items()}
     for mode in ("mmap", "stream"):
         assert all(torch.equal(weights[mode][k], weights["memory"][k]) for k in weights["memory"]), mode
 
@@ -199,8 +199,8 @@ def test_ema_is_validated_saved_and_resumed(tmp_path, tiny_dataset, monkeypatch)
     assert [r["val/loss"] for r in rows_plain] != [r["val/loss"] for r in rows_ema]
 
     run = Path(ema.run_dir)
-    last = torch.load(run / "last.pt", weights_only=False)
-    best = torch.load(run / "best.pt", weights_only=False)
+    last = torch.load(run / "last.pt", weights_only=True)
+    best = torch.load(run / "best.pt", weights_only=True)
     assert last["ema"]["updates"] > 0 and "ema" not in best
     raw, averaged = last["ema"]["train_model"], last["model"]
     assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].is_floating_point())
@@ -345,7 +345,7 @@ def test_init_from_a_run_starts_from_its_weights_and_refuses_another_model(tmp_p
     from research.config import ConfigError
 
     first = train(cfg_for(tiny_dataset, tmp_path, "run.name=source", "data.mean=[0.4]", "data.std=[0.3]"))
-    best = torch.load(Path(first.run_dir) / "best.pt", weights_only=False)
+    best = torch.load(Path(first.run_dir) / "best.pt", weights_only=True)
     cfg = cfg_for(tiny_dataset, tmp_path, "run.name=child", f"model.init_from={first.run_dir}", "optim.backbone_lr_mult=0.5")
     model = builders.build_model(cfg)
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
@@ -383,6 +383,6 @@ def test_an_init_from_run_resumes_after_its_source_is_gone(tmp_path, tiny_datase
 
     resumed = train(resolve_train_config(None, [f"run.resume={child}"]))
     assert [r["epoch"] for r in _history(child)] == [1, 2]
-    last = torch.load(child / "last.pt", weights_only=False)
+    last = torch.load(child / "last.pt", weights_only=True)
     assert last["mean"] == pytest.approx([0.4]) and last["std"] == pytest.approx([0.3])
     assert resumed.pretrained == "run:source/best.pt"

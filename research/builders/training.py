@@ -5,10 +5,10 @@ loss and every ``train.*`` setting. Only training imports this module; inference
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
@@ -76,7 +76,7 @@ def build_scheduler(
         if constant:
             return 1.0
         progress = (step - warmup) / max(1, total - warmup)
-        return floor + (1 - floor) * 0.5 * (1 + np.cos(np.pi * min(1.0, progress)))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))  # a float: checkpoints hold plain types
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor), "step"
 

