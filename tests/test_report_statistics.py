@@ -124,7 +124,7 @@ def test_runs_without_predictions_get_no_paired_test(repeated: Path, tmp_path: P
     (repeated / "r18-lr-s42" / "val_predictions.npz").unlink()
     markdown = report_cli([repeated], tmp_path / "results.md").read_text()
     real = section(markdown, SECTION)
-    assert "- **resnet18 (optim.lr=0.001)** vs **r18-lr-s42**: no paired test (predictions not saved)." in real
+    assert "- **resnet18 (optim.lr=0.001)** vs **resnet18 (r18-lr-s42)**: no paired test (predictions not saved)." in real
     single = [c.strip() for c in table_rows(real, "resnet18")[0].strip("|").split("|")]
     assert single[12] == single[13] == "n/a"
     assert "n/a: no per-image validation predictions" in real
@@ -133,7 +133,7 @@ def test_runs_without_predictions_get_no_paired_test(repeated: Path, tmp_path: P
 def test_per_class_table_has_supports_and_each_configuration(repeated: Path, tmp_path: Path) -> None:
     markdown = report_cli([repeated], tmp_path / "results.md").read_text()
     table = section(markdown, SECTION).split("### Per-class F1 on dataset_emociones", 1)[1].split("###", 1)[0]
-    assert "| class | val images | resnet18 (optim.lr=0.001) | r18-lr-s42 |" in table
+    assert "| class | val images | resnet18 (optim.lr=0.001) | resnet18 (r18-lr-s42) |" in table
     rows = {line.split(" | ")[0].removeprefix("| "): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
     assert list(rows)[1:] == list(CANONICAL_CLASSES)
     assert rows["anger"].startswith("| anger | 14 | ")

@@ -149,12 +149,12 @@ def _label(groups: Sequence[RunGroup]) -> None:
     for group in groups:
         models.setdefault(group.model, []).append(group)
     for group in groups:
-        if group.n == 1:
-            group.label = group.best_run.label or group.model
-            continue
         same = models[group.model]
-        if len(same) == 1:
+        if len(same) == 1:  # the model names the row, whether it holds one run or several seeds
             group.label = group.model
+            continue
+        if group.n == 1:
+            group.label = f"{group.model} ({group.best_run.run_id})"
             continue
         defaults = _schema_defaults()  # a key older runs lack counts as its default, as in config_key
         configs = [{**defaults, **g.best_run.config} if g.best_run.config else {} for g in same]
@@ -166,7 +166,7 @@ def _label(groups: Sequence[RunGroup]) -> None:
         )
         mine = configs[same.index(group)]
         shown = ", ".join(f"{k}={mine.get(k)}" for k in differ[:3])
-        group.label = f"{group.model} ({shown})" if shown else group.best_run.run_id
+        group.label = f"{group.model} ({shown or group.best_run.run_id})"
 
 
 # --- bootstrap ----------------------------------------------------------------------------

@@ -11,13 +11,15 @@ holds every file.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from research.tracking.runs import RunFolder, write_json
+from research.tracking.claim import LOCK_NAME, FolderClaim
+from research.tracking.runs import RunExistsError, RunFolder, cannot_write, write_json
 from research.tracking.summary import FINISHED, RunSummary
 from research.tracking.wandb_log import WandbRun
 
@@ -43,16 +45,40 @@ class RunRecorder:
         self.run, self.summary, self.wandb = run, summary, wandb_run
         self.checkpoint_meta = dict(checkpoint_meta)
         self.enabled = enabled
+        self.claim: FolderClaim | None = None
 
-    def start(self, config_yaml: str, val_split: Mapping[str, Any] | None, val_files: Sequence[str]) -> None:
-        """Make the folder and write ``config.yaml`` (and ``val_split.json`` for a carved validation split):
-        only now, after every input was read, so a failed start leaves nothing behind."""
+    def start(
+        self, config_yaml: str, val_split: Mapping[str, Any] | None, val_files: Sequence[str], *, fresh: bool = True
+    ) -> None:
+        """Claim the folder (:mod:`research.tracking.claim`; made if needed) and write ``config.yaml`` (and
+        ``val_split.json`` for a carved validation split): only now, after every input was read, so a failed
+        start leaves nothing behind. A ``fresh`` (not resumed) run refuses a folder that holds a finished
+        epoch and clears what an earlier failed start left; the claim makes that check and the clearing
+        safe against another training started into the same folder at the same time."""
         if not self.enabled:
             return
-        self.run.path.mkdir(parents=True, exist_ok=True)
-        self.run.write_text("config.yaml", config_yaml)
-        if val_split is not None:  # the same validation images on resume, in evaluate and in the report
-            write_json(self.run.val_split_path, {**val_split, "files": list(val_files)})
+        try:
+            self.claim = FolderClaim.acquire(self.run.path)
+        except OSError as err:
+            if isinstance(err, RunExistsError) or not err.errno:
+                raise
+            raise cannot_write(self.run.path, err) from None
+        try:
+            if fresh:
+                refuse_finished(self.run)
+                clear_leftovers(self.run)
+            self.run.write_text("config.yaml", config_yaml)
+            if val_split is not None:  # the same validation images on resume, in evaluate and in the report
+                write_json(self.run.val_split_path, {**val_split, "files": list(val_files)})
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """End the claim on the folder (when the run is over, however it ended)."""
+        if self.claim is not None:
+            self.claim.release()
+            self.claim = None
 
     def epoch(self, history: Sequence[Mapping[str, float]]) -> None:
         """``history.csv`` with every epoch so far, and the newest epoch's row on W&B."""
@@ -105,3 +131,23 @@ class RunRecorder:
             self.wandb.finish(exit_code=exit_code)
         except Exception as err:  # the W&B record must not hide why the run ended
             log.error("W&B could not close the run: %s", err)
+
+
+def refuse_finished(run: RunFolder) -> None:
+    """A new run never writes over a folder that holds a completed epoch (``last.pt`` or ``best.pt``)."""
+    if run.last_path.exists() or run.best_path.exists():
+        raise RunExistsError(
+            f"run folder {run.path} exists; choose another run.name or resume it with run.resume={run.path}"
+        )
+
+
+def clear_leftovers(run: RunFolder) -> None:
+    """Remove what a start that failed before its first epoch left in the folder (the claim stays)."""
+    leftovers = [p for p in run.path.iterdir() if p.name != LOCK_NAME]
+    if leftovers:
+        log.info("run folder %s holds no completed epoch (an earlier start failed); starting it afresh", run.path)
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
