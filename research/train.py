@@ -48,8 +48,8 @@ from research.inference.evaluation import (
 )
 from research.inference.loaded import predict_logits
 from research.models.classifier import FERClassifier, count_parameters
-from research.tracking.claim import check_unclaimed
-from research.tracking.recorder import RunRecorder, refuse_finished
+from research.tracking.claim import FolderClaim, check_unclaimed
+from research.tracking.recorder import RunRecorder, claim_run_folder, refuse_finished
 from research.tracking.runs import (
     RunFolder,
     RunFolderError,
@@ -233,19 +233,20 @@ def _train(
         log.info("data loading: %d worker processes (data.num_workers=%s)", train_loader.num_workers, cfg.data.num_workers)
     # The final evaluation scores the whole validation set in one process (rank 0).
     final_loader = build_eval_loader(bundle.val, cfg, device) if distributed.enabled else val_loader
-    recorder = new_recorder(
-        cfg, run, model, bundle, label=label, stats=(mean, std), device=device, distributed=distributed,
-        data_workers=train_loader.num_workers, command=command, resume_ckpt=resume_ckpt,
-    )
-    # The folder is made (and claimed) only now: nothing before this point leaves anything behind.
-    distributed.on_main(
-        lambda: recorder.start(to_yaml(cfg), carved_val_split(cfg, bundle), bundle.val.names, fresh=resume_ckpt is None)
-    )
+    # The folder is made (and claimed, by rank 0) only now: nothing before this point leaves anything behind.
+    claims: list[FolderClaim] = []
+    distributed.on_main(lambda: claims.append(claim_run_folder(run, fresh=resume_ckpt is None)))
     try:
+        recorder = new_recorder(
+            cfg, run, model, bundle, label=label, stats=(mean, std), device=device, distributed=distributed,
+            data_workers=train_loader.num_workers, command=command, resume_ckpt=resume_ckpt,
+        )
+        distributed.on_main(lambda: recorder.start(to_yaml(cfg), carved_val_split(cfg, bundle), bundle.val.names))
         return _run_trainer(cfg, run, model, bundle, (train_loader, val_loader, final_loader), recorder, distributed,
                             device=device, resume_ckpt=resume_ckpt, label=label, on_epoch=on_epoch, after_fit=after_fit)
     finally:
-        recorder.release()
+        for claim in claims:
+            claim.release()
 
 
 def _run_trainer(

@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -734,3 +735,175 @@ def test_report_skips_runs_with_damaged_files_and_names_them(trained_run, tmp_pa
 
 def table_rows_of(markdown: str, first_cell: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+# --- 20: data.cache=mmap on a disk that is (or becomes) full ------------------------------------------------
+MMAP_DRIVER = '''
+import json, logging, os, sys
+from pathlib import Path
+import numpy as np
+from research import cli
+from research.data.cache import CacheSpaceError, MmapImages
+
+small, filled = Path(sys.argv[1]), Path(sys.argv[2])
+messages = []
+logging.Handler.handle = lambda self, record: messages.append(record.getMessage()) if record.levelno >= logging.ERROR else None
+try:
+    cli.train_main(json.loads(sys.argv[3]))
+except SystemExit as exit_info:
+    print(json.dumps({"case": "start", "code": exit_info.code, "errors": messages, "left": os.listdir(small)}), flush=True)
+try:  # too big for the disk: refused when the file is made, nothing left
+    MmapImages(200, 64, folder=small)
+except CacheSpaceError as err:
+    print(json.dumps({"case": "too big", "error": str(err), "left": os.listdir(small)}), flush=True)
+store = MmapImages(40, 64, folder=filled)  # 480 KiB reserved on a 1 MiB disk
+with open(filled / "filler", "wb") as fh:  # then something else fills the disk
+    try:
+        while True:
+            fh.write(b"x" * 65536)
+            fh.flush()
+    except OSError:
+        pass
+for i in range(40):  # writing every slot needs no new block: no SIGBUS
+    store.write(i, np.full((64, 64, 3), i, np.uint8))
+print(json.dumps({"case": "filled", "ok": all(int(store[i][0, 0, 0]) == i for i in range(40))}), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_mmap_cache_on_a_full_disk_is_a_clear_error_and_never_a_bus_error(tiny_dataset, tmp_path):
+    mount_namespace_or_skip(tmp_path)
+    small, filled = tmp_path / "small", tmp_path / "filled"
+    small.mkdir()
+    filled.mkdir()
+    argv = train_args(tiny_dataset, tmp_path / "runs", "data.cache=mmap", f"data.cache_dir={small}")
+    (tmp_path / "driver.py").write_text(MMAP_DRIVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    mounts = f"mount -t tmpfs -o size=64k tmpfs {small} && mount -t tmpfs -o size=1m tmpfs {filled}"
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mounts} && exec {sys.executable} {tmp_path / "driver.py"} "$0" "$1" "$2"',
+         str(small), str(filled), json.dumps(argv)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # a bus error would be -7
+    cases = {r["case"]: r for r in map(json.loads, done.stdout.splitlines())}
+    start = cases["start"]
+    assert start["code"] == 2 and start["left"] == []
+    (message,) = start["errors"]
+    needed = math.ceil(70 * (32 * 32 * 3 + 128) * 1.1 / 1024)  # the tiny dataset's 70 images, 10 % headroom
+    assert f"data.cache=mmap needs {needed} KiB free on the cache disk (data.cache_dir={small}), only 6" in message
+    assert "KiB are. Set data.cache_dir to a folder on a disk with room, or use data.cache=stream" in message
+    assert "cannot write the image cache" in cases["too big"]["error"] and "No space left on device" in cases["too big"]["error"]
+    assert cases["too big"]["left"] == []  # the partial file and its folder are gone
+    assert cases["filled"]["ok"]
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 25: prepare-data given an archive or an image; interrupted imports ---------------------------------------
+@pytest.mark.parametrize(("name", "content", "what"), [
+    ("fer2013.tar.gz", b"\x1f\x8b\x08\x00" + bytes(100), "is a gzip-compressed file (.tar.gz?); fer2013 expects FER2013's CSV"),
+    ("face.jpg", None, "is an image file; fer2013 expects FER2013's CSV"),
+])
+def test_prepare_data_given_an_archive_or_an_image(name, content, what, tmp_path, caplog):
+    from research.cli import prepare_data_main
+
+    src = tmp_path / name
+    if content is None:
+        Image.new("RGB", (8, 8)).save(src)
+    else:
+        src.write_bytes(content)
+    assert cli(prepare_data_main, ["fer2013", str(src), str(tmp_path / "dest")]) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"SRC {src} {what}") and "Traceback" not in caplog.text
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_interrupted_import_says_what_is_left_and_training_refuses_it(tmp_path, caplog, monkeypatch):
+    from research.cli import prepare_data_main
+    from research.data.importers import writer
+
+    src = tmp_path / "jaffe"
+    src.mkdir()
+    for i, code in enumerate(["HA", "SA", "AN", "DI", "FE", "SU", "NE"] * 3):
+        Image.new("L", (16, 16), 20 * (i % 7) + i).save(src / f"KA.{code}{i}.{i}.tiff")
+    real_write, written = writer.write_atomic, []
+
+    def ctrl_c_after_five(path, data):
+        if path.name != "manifest.json" and len(written) == 5:
+            raise KeyboardInterrupt
+        real_write(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(writer, "write_atomic", ctrl_c_after_five)
+    dest = tmp_path / "dest"
+    assert cli(prepare_data_main, ["filenames", str(src), str(dest)]) == 130
+    assert f"import interrupted: {dest} holds 4 of 21 files, and its manifest.json says \"complete\": false" in caplog.text
+    assert "Rerun the same command to finish" in caplog.text
+    assert json.loads((dest / "manifest.json").read_text())["complete"] is False
+    caplog.clear()
+    assert cli(train_main, train_args(dest, tmp_path / "runs")) == 2
+    (message,) = error_lines(caplog)
+    assert f"{dest} is an unfinished import: {dest / 'manifest.json'} says \"complete\": false" in message
+    assert f"poetry run prepare-data filenames {src} {dest}" in message
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 26: a damaged landmark model, a section given a value, tiny validation fractions --------------------------
+def test_a_damaged_landmark_model_is_named_with_the_fix(trained_run, tiny_dataset, tmp_path, caplog, monkeypatch):
+    pytest.importorskip("dlib")
+    from research.faces import align
+
+    damaged = tmp_path / align.LANDMARK_MODEL
+    damaged.write_bytes(b"\x00not a dlib model" * 8)
+    monkeypatch.setattr(align, "_landmark_model_path", lambda: damaged)
+    align._load_models.cache_clear()
+    try:
+        assert cli(predict_main, ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "aligned",
+                                  "--out", str(tmp_path / "p"), "--wandb", "disabled"]) == 2
+    finally:
+        align._load_models.cache_clear()
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"the landmark model {damaged} is damaged (") and "--force-reinstall" in message
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("where", ["yaml", "override"])
+def test_a_config_section_given_a_value_names_the_section(where, tmp_path, caplog):
+    if where == "yaml":
+        preset = tmp_path / "bad.yaml"
+        preset.write_text("optim: 5\n")
+        argv = ["--config", str(preset)]
+    else:
+        argv = ["optim=5"]
+    assert cli(train_main, argv) == 2
+    (message,) = error_lines(caplog)
+    assert "optim is a section of settings (optim.name, optim.lr" in message and "not a value: got " in message
+    assert ": None" not in message
+
+
+def test_a_tiny_val_fraction_logs_what_it_took(tmp_path, tiny_dataset, caplog):
+    from research.data.datasets import load_datasets
+
+    caplog.set_level(logging.INFO)
+    train_only = tmp_path / "train_only"
+    shutil.copytree(tiny_dataset / "train", train_only / "train")
+    total = sum(1 for p in (train_only / "train").rglob("*.png"))
+    bundle = load_datasets(train_only, val_fraction=0.0001, keep_size=32)
+    assert len(bundle.val) == 7  # one image of every class, so every class is validated
+    share = 100 * 7 / total
+    assert "data.val_fraction=0.0001 rounds to no image for" in caplog.text
+    assert f"the validation share is therefore {share:.1f} %, not 0.01 %" in caplog.text
+    assert f"7 of {total} images ({share:.1f} %; data.val_fraction=0.0001" in caplog.text
+    assert "fraction 0.00" not in caplog.text
+
+
+def test_a_class_with_one_image_cannot_be_split(tmp_path, tiny_dataset, caplog):
+    train_only = tmp_path / "train_only"
+    shutil.copytree(tiny_dataset / "train", train_only / "train")
+    for extra in sorted((train_only / "train" / "miedo").iterdir())[1:]:
+        extra.unlink()
+    assert cli(train_main, train_args(train_only, tmp_path / "runs", "data.val_fraction=0.2")) == 2
+    (message,) = error_lines(caplog)
+    assert "class(es) ['fear'] have a single image, so data.val_fraction=0.2 cannot put one in train and one in validation" in message
+    assert "both splits" not in message and not (tmp_path / "runs").exists()

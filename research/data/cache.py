@@ -40,14 +40,12 @@ ALTERNATIVES = (
 )
 
 
-def _mib(size: float, *, up: bool = True) -> str:
-    """``size`` bytes in MiB for a message: rounded up (what is needed) or down (what is free), never a
-    misleading 0 (one decimal under 10 MiB)."""
-    mib = size / 2**20
-    if mib >= 10:
-        return str(math.ceil(mib) if up else math.floor(mib))
-    tenths = math.ceil(mib * 10) if up else math.floor(mib * 10)
-    return f"{tenths / 10:.1f}"
+def _size(size: float, *, up: bool = True) -> str:
+    """``size`` bytes for a message, in KiB under 1 MiB, else MiB: rounded up (what is needed) or down
+    (what is free), so a need is never shown as 0."""
+    unit, name = (2**10, "KiB") if size < 2**20 else (2**20, "MiB")
+    value = size / unit
+    return f"{math.ceil(value) if up else math.floor(value)} {name}"
 
 
 def _where(cache_dir: str | Path | None) -> str:
@@ -100,7 +98,7 @@ class MmapImages:
         except OSError as err:
             self._finalizer()  # the folder and the partial file go at once
             raise CacheSpaceError(
-                f"cannot write the image cache {self.path} ({_mib(size)} MiB) in {_where(Path(self.folder).parent)}: "
+                f"cannot write the image cache {self.path} ({_size(size)}) in {_where(Path(self.folder).parent)}: "
                 f"{_reason(err)}. {ALTERNATIVES}"
             ) from None
 
@@ -187,8 +185,8 @@ def choose_cache_mode(
         return mode, "asked for, over the budget: the run may run out of memory"
     if mode == "mmap" and not fits_disk:
         raise CacheSpaceError(
-            f"data.cache=mmap needs {_mib(estimate_bytes * DISK_HEADROOM)} MiB free on the cache disk "
-            f"({_where(cache_dir)}), only {_mib(disk_free_bytes or 0, up=False)} MiB are. {ALTERNATIVES}"
+            f"data.cache=mmap needs {_size(estimate_bytes * DISK_HEADROOM)} free on the cache disk "
+            f"({_where(cache_dir)}), only {_size(disk_free_bytes or 0, up=False)} are. {ALTERNATIVES}"
         )
     if mode != "auto":
         return mode, "asked for"

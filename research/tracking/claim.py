@@ -52,8 +52,8 @@ def _holder(fd: int) -> str:
 class FolderClaim:
     """The exclusive claim of one folder (see the module docstring); :meth:`release` ends it."""
 
-    def __init__(self, folder: Path, fd: int | None) -> None:
-        self.folder, self._fd = Path(folder), fd
+    def __init__(self, folder: Path, fd: int | None, *, created: bool = False) -> None:
+        self.folder, self._fd, self.created = Path(folder), fd, created
 
     @classmethod
     def acquire(cls, folder: str | Path, purpose: tuple[str, str, str] = TRAINING) -> FolderClaim:
@@ -64,9 +64,10 @@ class FolderClaim:
             FolderBusyError: another live process holds the claim.
         """
         folder = Path(folder)
+        created = not folder.exists()
         folder.mkdir(parents=True, exist_ok=True)
         if fcntl is None:
-            return cls(folder, None)
+            return cls(folder, None, created=created)
         path = folder / LOCK_NAME
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -86,16 +87,20 @@ class FolderClaim:
             os.close(fd)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-        return cls(folder, fd)
+        return cls(folder, fd, created=created)
 
     def release(self) -> None:
-        """End the claim and remove the lock file (idempotent)."""
+        """End the claim and remove the lock file (idempotent); a folder the claim made and nothing
+        was written to is removed too, so a failed start leaves nothing behind."""
         if self._fd is None:
             return
         with contextlib.suppress(OSError):
             (self.folder / LOCK_NAME).unlink()
         os.close(self._fd)
         self._fd = None
+        if self.created:
+            with contextlib.suppress(OSError):  # not empty: the work wrote its files there
+                self.folder.rmdir()
 
 
 def check_unclaimed(folder: str | Path, purpose: tuple[str, str, str] = TRAINING) -> None:

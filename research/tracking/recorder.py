@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from research.errors import UserError, cannot_write
 from research.tracking.claim import LOCK_NAME, FolderClaim
-from research.tracking.runs import RunExistsError, RunFolder, cannot_write, write_json
+from research.tracking.runs import RunExistsError, RunFolder, write_json
 from research.tracking.summary import FINISHED, RunSummary
 from research.tracking.wandb_log import WandbRun
 
@@ -45,40 +46,15 @@ class RunRecorder:
         self.run, self.summary, self.wandb = run, summary, wandb_run
         self.checkpoint_meta = dict(checkpoint_meta)
         self.enabled = enabled
-        self.claim: FolderClaim | None = None
 
-    def start(
-        self, config_yaml: str, val_split: Mapping[str, Any] | None, val_files: Sequence[str], *, fresh: bool = True
-    ) -> None:
-        """Claim the folder (:mod:`research.tracking.claim`; made if needed) and write ``config.yaml`` (and
-        ``val_split.json`` for a carved validation split): only now, after every input was read, so a failed
-        start leaves nothing behind. A ``fresh`` (not resumed) run refuses a folder that holds a finished
-        epoch and clears what an earlier failed start left; the claim makes that check and the clearing
-        safe against another training started into the same folder at the same time."""
+    def start(self, config_yaml: str, val_split: Mapping[str, Any] | None, val_files: Sequence[str]) -> None:
+        """Write ``config.yaml`` (and ``val_split.json`` for a carved validation split) into the claimed
+        folder (:func:`claim_run_folder`)."""
         if not self.enabled:
             return
-        try:
-            self.claim = FolderClaim.acquire(self.run.path)
-        except OSError as err:
-            if isinstance(err, RunExistsError) or not err.errno:
-                raise
-            raise cannot_write(self.run.path, err) from None
-        try:
-            if fresh:
-                refuse_finished(self.run)
-                clear_leftovers(self.run)
-            self.run.write_text("config.yaml", config_yaml)
-            if val_split is not None:  # the same validation images on resume, in evaluate and in the report
-                write_json(self.run.val_split_path, {**val_split, "files": list(val_files)})
-        except BaseException:
-            self.release()
-            raise
-
-    def release(self) -> None:
-        """End the claim on the folder (when the run is over, however it ended)."""
-        if self.claim is not None:
-            self.claim.release()
-            self.claim = None
+        self.run.write_text("config.yaml", config_yaml)
+        if val_split is not None:  # the same validation images on resume, in evaluate and in the report
+            write_json(self.run.val_split_path, {**val_split, "files": list(val_files)})
 
     def epoch(self, history: Sequence[Mapping[str, float]]) -> None:
         """``history.csv`` with every epoch so far, and the newest epoch's row on W&B."""
@@ -131,6 +107,28 @@ class RunRecorder:
             self.wandb.finish(exit_code=exit_code)
         except Exception as err:  # the W&B record must not hide why the run ended
             log.error("W&B could not close the run: %s", err)
+
+
+def claim_run_folder(run: RunFolder, *, fresh: bool) -> FolderClaim:
+    """Claim the run folder (:mod:`research.tracking.claim`; made if needed) for this process, before W&B
+    or anything else writes there: only now, after every input was read, so a failed start leaves nothing
+    behind. A ``fresh`` (not resumed) run refuses a folder that holds a finished epoch and clears what an
+    earlier failed start left; the claim makes that check and the clearing safe against another training
+    started into the same folder at the same time."""
+    try:
+        claim = FolderClaim.acquire(run.path)
+    except OSError as err:
+        if isinstance(err, UserError) or not err.errno:
+            raise
+        raise cannot_write(run.path, err) from None
+    try:
+        if fresh:
+            refuse_finished(run)
+            clear_leftovers(run)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
 
 
 def refuse_finished(run: RunFolder) -> None:
