@@ -577,3 +577,24 @@ def test_runs_recorded_before_a_key_existed_pool_with_runs_at_its_default():
               for name, config in (("old", old), ("changed", changed))]
     _label(groups)
     assert [g.label for g in groups] == ["scratch_cnn (optim.layer_decay=1.0)", "scratch_cnn (optim.layer_decay=0.8)"]
+
+
+def test_titles_and_headings_say_each_thing_once(tmp_path: Path) -> None:
+    """Issue 26, item 18: the demo dataset's name already says synthetic; a run heading names the model and
+    the run, not the run twice; two configurations of one model are named alike in every table."""
+    root = tmp_path / "runs"
+    for run_id, f1, lr in (("scratch_cnn-a", 0.55, "0.001"), ("scratch_cnn-b", 0.45, "0.01")):
+        run = make_run(root, run_id, model="scratch_cnn", f1=f1, acc=f1 + 0.05, ece=0.1, synthetic=True, latency=1.0,
+                       params=1_000_000)
+        run.write_text("config.yaml", to_yaml(load_config(None, ["model.name=scratch_cnn", f"optim.lr={lr}"])))
+    add_predictions(RunFolder(root / "scratch_cnn-a"))
+    markdown = report_cli([root], tmp_path / "results.md").read_text()
+    assert "(SYNTHETIC demo data)" not in markdown and "(SYNTHETIC)" not in markdown
+    assert "## Dataset: synthetic demo data (700 train / 200 validation)" in markdown
+    for run_id in ("scratch_cnn-a", "scratch_cnn-b"):
+        assert f"{run_id} (`{run_id}`)" not in markdown and f"**{run_id}** (`{run_id}`)" not in markdown
+        assert f"### scratch_cnn (`{run_id}`)" in section(markdown, "## Per model")
+    assert "### scratch_cnn (`scratch_cnn-a`) on `" in section(markdown, "## New images")
+    names = ["scratch_cnn (optim.lr=0.001)", "scratch_cnn (optim.lr=0.01)"]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in markdown.splitlines() if row.startswith("| scratch_cnn (")][:2] == names
+    assert f"| class | val images | {names[0]} | {names[1]} |" in markdown

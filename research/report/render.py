@@ -266,7 +266,7 @@ def _comparison_table(
     for g in groups:
         r = g.best_run
         rows.append([
-            g.label if g.n > 1 else r.model,
+            g.label,
             ", ".join(f"`{run.run_id}`" for run in g.runs),
             *([r.dataset.name + _synthetic_suffix(r)] if with_dataset else []),
             r.pretrained,
