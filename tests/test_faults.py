@@ -688,20 +688,32 @@ def test_a_stray_image_in_the_split_folder_is_named(tmp_path, tiny_dataset, capl
     assert len(bundle.train) == len(load_datasets(tiny_dataset, keep_size=32).train)
 
 
-# --- 13: the README's main command leaves the git tree clean --------------------------------------------------
-@pytest.mark.slow
-def test_the_pipeline_writes_only_git_ignored_files(tmp_path, monkeypatch):
+# --- 13: your own runs never dirty the git tree -------------------------------------------------------------
+def test_default_outputs_are_git_ignored(trained_run, tmp_path, monkeypatch):
+    """``report`` (as ``pipeline`` runs it) writes with its defaults into a git checkout holding the project's
+    .gitignore, beside files at every other default output path; ``git status`` stays clean."""
+    import inspect
+
+    from research.cli import report_main
+    from research.config import load_config
+    from research.data.download import DEFAULT_DATA_DIR
+    from research.sweep import run_local_sweep
+
     checkout = tmp_path / "checkout"
     checkout.mkdir()
     shutil.copy(REPO / ".gitignore", checkout / ".gitignore")
     git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@example.com"]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", ".gitignore"], check=True)
-    subprocess.run([*git, "commit", "-qm", "ignore rules"], check=True)
+    for command in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "ignore rules"]):
+        subprocess.run([*git, *command], check=True)
     monkeypatch.chdir(checkout)
-    assert cli(pipeline_main, ["--data", "demo", "--models", "scratch_cnn", "--epochs", "1", "data.demo_scale=0.05",
-                               "train.threads=1", "wandb.mode=offline"]) == 0
+    assert cli(report_main, ["--runs", str(trained_run)]) == 0  # default --out reports/results.md
     assert (checkout / "reports" / "results.md").is_file() and list((checkout / "reports" / "model_cards").glob("*.md"))
+    run_dir = Path(load_config(None, []).run.dir)
+    sweeps = Path(inspect.signature(run_local_sweep).parameters["root"].default)
+    for path in (run_dir / "r" / "best.pt", run_dir / "r" / "wandb" / "offline-run-1" / "run-1.wandb",
+                 Path("runs/study/r/summary.json"), sweeps / "s" / "trials.csv", Path(DEFAULT_DATA_DIR) / "course.zip"):
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_text("x")
     status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True, check=True)
     assert status.stdout == "", status.stdout
 
