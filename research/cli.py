@@ -15,7 +15,14 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from research.config import CHOICES
-from research.errors import Interrupted, UserError, interrupt_exit_code, interrupt_name
+from research.errors import (
+    WRITE_ERRNOS,
+    Interrupted,
+    UserError,
+    cannot_write,
+    interrupt_exit_code,
+    interrupt_name,
+)
 from research.faces.settings import MODES, SINGLE_MODES, resolve_mode
 
 log = logging.getLogger("research")
@@ -60,6 +67,11 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action
         sys.exit(interrupt_exit_code(err))
     except UserError as err:  # bad input or environment: the message says what to do; anything else is a bug
         log.error("%s", err)
+        sys.exit(2)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:  # only writing raises these: a full or read-only disk, never a bug
+            raise
+        log.error("%s", cannot_write(err.filename or "an output file", err))
         sys.exit(2)
     sys.exit(code)
 

@@ -120,7 +120,7 @@ def open_run_folder(cfg: DictConfig, distributed: Distributed | None = None) -> 
 
 def new_run_path(cfg: DictConfig) -> Path:
     """Where a new run goes: ``run.dir/run.name`` (or a fresh id). Refused at once when a finished run or a
-    running training holds it; the run claims it when it starts (:meth:`RunRecorder.start`)."""
+    running training holds it; the run claims it when it starts (:func:`claim_run_folder`)."""
     parent = Path(cfg.run.dir)
     run = RunFolder(parent / (cfg.run.name or new_run_id(cfg.model.name, parent)))
     if run.path.is_file():

@@ -584,6 +584,23 @@ def test_read_only_outputs_are_one_line_and_exit_2(trained_run, tiny_dataset, tm
     assert not (tmp_path / "runs").exists()  # the failed starts left nothing behind
 
 
+def test_a_disk_that_fills_up_during_predict_is_one_line(trained_run, tiny_dataset, tmp_path, caplog, monkeypatch):
+    import errno
+
+    from research import plots
+
+    def full_disk(self, path, **panel):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(plots.PredictionPanels, "save", full_disk)
+    out = tmp_path / "out"
+    assert cli(predict_main, ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "raw",
+                              "--no-gradcam", "--out", str(out), "--wandb", "disabled"]) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"cannot write {out / 'raw' / 'panels'}/") and "No space left on device" in message
+    assert "Traceback" not in caplog.text and not (out / ".lock").exists()
+
+
 # --- 5: NaN loss ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("extra", "message"),

@@ -42,7 +42,7 @@ def test_every_step_is_measured_and_written_from_a_bare_python(tiny_dataset, tmp
     site = sysconfig.get_paths()["purelib"]
     # relative paths are the caller's, not the repository's; every step runs, on small images and few batches
     done = run_script(tmp_path, "train_only", "out", pythonpath=site, TTA_BUDGET="2", REPEATS="1", MODEL_BATCHES="2",
-                      OVERRIDES="data.image_size=32 data.batch_size=16")
+                      OVERRIDES="data.image_size=32 data.batch_size=16", OMP_NUM_THREADS="1")
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     report = (out / "gpu_check.md").read_text()
