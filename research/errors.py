@@ -55,6 +55,9 @@ class InputFileError(UserError, FileNotFoundError):
 class OutputWriteError(UserError, OSError):
     """An output file could not be written (disk full, read-only folder); nothing half-written is left."""
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]" prefix
+        return self.strerror or super().__str__()
+
 
 # OS errors that only writing raises: the environment's, never a bug's.
 WRITE_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EDQUOT})

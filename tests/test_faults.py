@@ -653,12 +653,15 @@ def test_a_jpeg_header_claiming_60000x60000_is_a_bad_file(tmp_path, tiny_dataset
 
 
 def test_large_images_are_decoded_downscaled_to_the_bound(tmp_path):
-    from research.data.images import DECODE_MAX_SIDE, load_image
+    from research.data.images import DECODE_MAX_SIDE, _draft_request, load_image
 
     gradient = np.linspace(0, 255, 5000, dtype=np.uint8)
     big = np.stack([np.tile(gradient, (3000, 1))] * 3, axis=2)
     Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
     Image.fromarray(big).save(tmp_path / "big.png")
+    with Image.open(tmp_path / "big.jpg") as jpeg:  # the JPEG decoder itself works at half size
+        jpeg.draft(jpeg.mode, _draft_request(5000, 3000, DECODE_MAX_SIDE))
+        assert jpeg.size == (2500, 1500)
     for name in ("big.jpg", "big.png"):
         image = load_image(tmp_path / name)
         assert image.shape == (round(3000 * DECODE_MAX_SIDE / 5000), DECODE_MAX_SIDE, 3), name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 from pathlib import Path
@@ -120,15 +121,30 @@ def _check_size(path: Path, img: Image.Image, max_side: int | None) -> None:
             "than any image that size needs (a decompression bomb or a damaged file). Delete or replace it, or "
             "set data.bad_files=skip to leave it out (it is still reported)."
         )
-    if jpeg and max_side is not None and max(width, height) > max_side:
-        img.draft(img.mode, (max_side, max_side))
-        width, height = img.size  # the decoded size: between max_side and 8 x max_side on the longer side
+    request = _draft_request(width, height, max_side) if jpeg else None
+    if request is not None:
+        img.draft(img.mode, request)
+        width, height = img.size  # the size it decodes to: the JPEG scaled by 1/2, 1/4 or 1/8
     if width * height > Image.MAX_IMAGE_PIXELS:
         raise ImageDecodeError(
             f"{path}: {width}x{height} pixels is over the decompression-bomb limit ({Image.MAX_IMAGE_PIXELS} "
             "pixels, PIL's); only JPEGs can be decoded downscaled. Shrink the file, or set data.bad_files=skip "
             "to leave it out."
         )
+
+
+def _draft_request(width: int, height: int, max_side: int | None) -> tuple[int, int] | None:
+    """The size to ask a JPEG's decoder for (it decodes at the smallest DCT scale that is at least as large):
+    ``max_side`` on the longer side, and small enough that even twice that per side stays within PIL's pixel
+    limit; None when the JPEG needs no reduction."""
+    longest, pixels = max(width, height), width * height
+    target = longest if max_side is None else min(longest, max_side)
+    if pixels > Image.MAX_IMAGE_PIXELS:
+        target = min(target, math.floor(longest * math.sqrt(Image.MAX_IMAGE_PIXELS / pixels) / 2))
+    if target >= longest:
+        return None
+    scale = max(target, 1) / longest
+    return max(1, math.ceil(width * scale)), max(1, math.ceil(height * scale))
 
 
 def _open_large_jpeg(path: Path) -> Image.Image:
