@@ -96,6 +96,9 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(name)
         self.signum, self.name = signum, name
 
+    def __reduce__(self) -> tuple[type, tuple[int, str]]:  # under torchrun rank 0 sends it to the others
+        return type(self), (self.signum, self.name)
+
     @property
     def exit_code(self) -> int:
         return 128 + self.signum

@@ -455,6 +455,36 @@ def test_sigterm_marks_the_run_and_a_second_training_into_its_folder_is_refused(
     assert not (run.path / ".lock").exists()
 
 
+def test_sigterm_in_process_is_exit_143_and_an_interrupted_run(tmp_path, tiny_dataset, caplog, monkeypatch):
+    """The same as above in the test process (fast): SIGTERM after epoch 1 is logged."""
+    from research.tracking import wandb_log
+
+    original = wandb_log.WandbRun.log_epoch
+
+    def sigterm(self, row):
+        original(self, row)
+        if row["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=t", "train.epochs=3")) == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+    run = RunFolder(tmp_path / "t")
+    assert run.read_summary()["status"] == "interrupted" and run.read_summary()["epochs_run"] == 1
+    assert "interrupted (SIGTERM) after 1 completed epoch(s); last.pt holds them" in caplog.text
+    assert error_lines(caplog) == ["interrupted (SIGTERM)"]
+
+
+def test_a_termination_signal_travels_between_torchrun_ranks():
+    import pickle
+
+    from research.errors import Interrupted, interrupt_exit_code
+
+    again = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM, "SIGTERM")))  # rank 0 broadcasts what ended it
+    assert isinstance(again, KeyboardInterrupt) and interrupt_exit_code(again) == 143 and again.name == "SIGTERM"
+
+
 # --- 12: Ctrl-C before the first epoch ended -----------------------------------------------------------
 def test_ctrl_c_in_epoch_1_says_there_is_nothing_to_resume(tmp_path, tiny_dataset, caplog, monkeypatch):
     from research.engine import trainer as trainer_mod
