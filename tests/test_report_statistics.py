@@ -175,6 +175,6 @@ def test_a_failing_seed_does_not_stop_the_others(tiny_dataset: Path, tmp_path: P
         train_main(["--seeds", "2", *FAST, f"data.root={tiny_dataset}", f"run.dir={runs}", "run.name=rep"])
     assert exit_info.value.code == 1
     assert capsys.readouterr().out.split() == [str(runs / "rep-s42"), str(runs / "rep-s43")]
-    assert "1 of 2 seed(s) failed: seed 42: FileExistsError: run folder" in caplog.text
+    assert "1 of 2 seed(s) failed: seed 42: RunExistsError: run folder" in caplog.text
     assert RunFolder(runs / "rep-s43").read_summary()["status"] == "finished"
     assert (runs / "rep-s42" / "last.pt").read_bytes() == b""  # the earlier run is untouched
