@@ -12,6 +12,9 @@
 #   PYTHON      the interpreter (default python3; .venv/bin/python here)
 #   TTA_BUDGET  wall seconds per side of time_to_accuracy.py (default 90; 0 skips it)
 #   REPEATS     rounds of loader_throughput.py per table (default 2)
+#   MODEL_BATCHES  batches of the model-only pass of loader_throughput.py (default 20)
+#   OVERRIDES   extra config overrides for every loader table, e.g. "data.image_size=32" (default none;
+#               the test suite shrinks the run with it)
 # Without Poetry (the lent GPU machine) PYTHONPATH is set to this checkout; the packages that
 # machine lacks travel as wheels on PYTHONPATH (benchmarks/README.md lists them).
 set -uo pipefail
@@ -21,6 +24,8 @@ OUT=$(realpath -m -- "${2:-benchmarks/results/gpu}")
 PY=${PYTHON:-python3}
 BUDGET=${TTA_BUDGET:-90}
 REPEATS=${REPEATS:-2}
+MODEL_BATCHES=${MODEL_BATCHES:-20}
+read -r -a EXTRA <<< "${OVERRIDES:-}"
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$PWD" PYTHONUNBUFFERED=1 WANDB_MODE=disabled
 if [ ! -d "$DATA/train" ]; then
@@ -56,14 +61,14 @@ step() {  # step NAME COMMAND...: run it, append its output and its seconds to t
 # scratch_cnn trains with bf16 autocast + channels-last (so: both off), efficientnet_lite0 in
 # fp32 with channels-last (so: AMP on). Only the model-only figure matters for those two.
 step "scratch_cnn, preset" "$PY" benchmarks/loader_throughput.py --preset scratch_cnn --data "$DATA" \
-    --workers 0 2 4 auto --repeats "$REPEATS" --json "$OUT/loader-scratch_cnn-preset.json" "${SPLIT[@]}"
+    --workers 0 2 4 auto --repeats "$REPEATS" --model-batches "$MODEL_BATCHES" --json "$OUT/loader-scratch_cnn-preset.json" "${SPLIT[@]}" "${EXTRA[@]}"
 step "scratch_cnn, fp32 without channels-last" "$PY" benchmarks/loader_throughput.py --preset scratch_cnn --data "$DATA" \
-    --workers auto --repeats "$REPEATS" --json "$OUT/loader-scratch_cnn-fp32.json" "${SPLIT[@]}" \
+    --workers auto --repeats "$REPEATS" --model-batches "$MODEL_BATCHES" --json "$OUT/loader-scratch_cnn-fp32.json" "${SPLIT[@]}" "${EXTRA[@]}" \
     train.amp=false train.channels_last=false
 step "efficientnet_lite0, preset" "$PY" benchmarks/loader_throughput.py --preset efficientnet_lite0 --data "$DATA" \
-    --workers 0 2 4 auto --repeats "$REPEATS" --json "$OUT/loader-efficientnet_lite0-preset.json" "${SPLIT[@]}"
+    --workers 0 2 4 auto --repeats "$REPEATS" --model-batches "$MODEL_BATCHES" --json "$OUT/loader-efficientnet_lite0-preset.json" "${SPLIT[@]}" "${EXTRA[@]}"
 step "efficientnet_lite0, AMP on" "$PY" benchmarks/loader_throughput.py --preset efficientnet_lite0 --data "$DATA" \
-    --workers auto --repeats "$REPEATS" --json "$OUT/loader-efficientnet_lite0-amp.json" "${SPLIT[@]}" train.amp=true
+    --workers auto --repeats "$REPEATS" --model-batches "$MODEL_BATCHES" --json "$OUT/loader-efficientnet_lite0-amp.json" "${SPLIT[@]}" "${EXTRA[@]}" train.amp=true
 
 if [ "$BUDGET" != 0 ] && [ ! -d "$DATA/validation" ]; then
     step "time to 60 %, $BUDGET s per side" "$PY" benchmarks/time_to_accuracy.py --data "$DATA" --val-fraction 0.1 \

@@ -1,19 +1,30 @@
 """Console scripts: each ``main`` builds its parser and hands one action to :func:`run_main`,
-which parses, sets up logging, calls the library and exits (0, 2 for user errors, 130 for Ctrl-C)."""
+which parses, sets up logging, calls the library and exits (0, 2 for user errors, 130 for Ctrl-C,
+143 for SIGTERM, 129 for SIGHUP)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from research.config import CHOICES
-from research.errors import UserError
+from research.errors import (
+    WRITE_ERRNOS,
+    Interrupted,
+    UserError,
+    cannot_write,
+    interrupt_exit_code,
+    interrupt_name,
+)
 from research.faces.settings import MODES, SINGLE_MODES, resolve_mode
 
 log = logging.getLogger("research")
@@ -51,15 +62,50 @@ def run_main(parser: argparse.ArgumentParser, argv: Sequence[str] | None, action
         args, extra = parser.parse_args(argv), []
     setup_logging(args.verbose)
     try:
-        with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+        with logging_redirect_tqdm(), signals_as_interrupts():  # log lines go above the progress bars
             code = action(args, list(extra)) or 0
-        sys.exit(code)
-    except KeyboardInterrupt:
-        log.error("interrupted")
-        sys.exit(130)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (research.errors.Interrupted)
+        log.error("interrupted (%s)", interrupt_name(err))
+        sys.exit(interrupt_exit_code(err))
     except UserError as err:  # bad input or environment: the message says what to do; anything else is a bug
         log.error("%s", err)
         sys.exit(2)
+    except OSError as err:
+        if err.errno not in WRITE_ERRNOS:  # only writing raises these: a full or read-only disk, never a bug
+            raise
+        log.error("%s", cannot_write(err.filename or "an output file", err))
+        sys.exit(2)
+    sys.exit(code)
+
+
+HANDLED_SIGNALS = ("SIGTERM", "SIGHUP")  # besides SIGINT (Ctrl-C), which Python raises as KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def signals_as_interrupts() -> Iterator[None]:
+    """While a command runs, SIGTERM and SIGHUP raise :class:`research.errors.Interrupted` (a
+    KeyboardInterrupt) in the main thread, so they end it the way Ctrl-C does: the batch is abandoned,
+    the run marked ``interrupted``, W&B closed, the image cache removed. A second such signal gets the
+    default action (the process ends at once). SIGKILL cannot be caught: ``last.pt`` then holds every
+    completed epoch and the cache folder is left behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        signal.signal(signum, signal.SIG_DFL)
+        raise Interrupted(signum, signal.Signals(signum).name)
+
+    previous = {}
+    for name in HANDLED_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            previous[number] = signal.signal(number, handler)
+    try:
+        yield
+    finally:
+        for number, old in previous.items():
+            signal.signal(number, old)
 
 
 def _parser(prog: str, description: str, epilog: str, *, overrides: bool = False) -> argparse.ArgumentParser:

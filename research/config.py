@@ -21,9 +21,9 @@ from omegaconf.errors import OmegaConfBaseException
 from omegaconf.nodes import StringNode
 
 from research.data.augment import AUGMENT_PRESETS, AugmentError, augment_fields, resolve_augment
-from research.data.cache import CACHE_ALIASES, CACHE_MODES
+from research.data.cache import CACHE_ALIASES, CACHE_MODES, normalize_cache_mode
 from research.data.classes import CANONICAL_CLASSES
-from research.errors import UserError
+from research.errors import UserError, check_writable
 from research.faces.settings import FACE_CROP_CHOICES
 from research.faces.settings import RANGES as FACE_RANGES
 
@@ -201,6 +201,27 @@ SYNONYMS = {
 }
 
 
+def _section_keys(section: str) -> list[str]:
+    """The keys of a config section (``optim`` -> ``optim.lr``, ...); empty when ``section`` is no section."""
+    return [k for k in all_keys() if k.startswith(section + ".")]
+
+
+def _not_a_section(source: str, section: str, value: Any) -> ConfigError:
+    keys = _section_keys(section)
+    return ConfigError(
+        f"{source}: {section} is a section of settings ({', '.join(keys[:4])}, ...), not a value: got {value!r}. "
+        f"Give its keys, e.g. {keys[0]}=... on the command line or `{section}:` with `  {keys[0].split('.')[-1]}: ...` "
+        "indented below it in YAML"
+    )
+
+
+def _check_sections(loaded: DictConfig, source: str) -> None:
+    """Every section given in a config file is a mapping (``optim: 5`` names the section, not "None")."""
+    for key, value in loaded.items_ex(resolve=False):
+        if _section_keys(str(key)) and value is not None and not isinstance(value, DictConfig):
+            raise _not_a_section(source, str(key), value)
+
+
 def _nearest(key: str) -> str:
     keys = all_keys()
     section, _, leaf = key.rpartition(".")
@@ -250,6 +271,8 @@ def _override_node(cfg: DictConfig, item: str) -> DictConfig:
     """One ``key=value`` override. String settings keep the text as typed (YAML would turn
     ``run.name=off`` into False and ``data.root=2024`` into an int)."""
     key, _, raw = item.partition("=")
+    if _section_keys(key):
+        raise _not_a_section(f"override {item!r}", key, raw)
     if key not in all_keys():
         raise ConfigError(f"unknown config key {key!r}; {_nearest(key)}")
     section, _, leaf = key.rpartition(".")
@@ -273,7 +296,9 @@ def _merge_checked(base: DictConfig, other: DictConfig, source: str) -> DictConf
     try:
         return OmegaConf.merge(base, other)
     except OmegaConfBaseException as err:
-        message = str(getattr(err, "msg", err)).splitlines()[0]
+        message = (str(getattr(err, "msg", err)).splitlines() or [""])[0]
+        if message in ("", "None"):  # some OmegaConf errors carry no message: say at least what failed
+            message = f"{type(err).__name__} (the value does not fit the setting's type)"
         key = getattr(err, "full_key", None) or ""
         hint = f" ({_nearest(key)})" if "not in struct" in message or "Key '" in message else ""
         raise ConfigError(f"{source}: {key + ': ' if key else ''}{message}{hint}") from None
@@ -293,6 +318,7 @@ def load_config(preset: str | Path | None = None, overrides: Sequence[str] = ())
                 f"{path}: the top level must be a mapping of sections (data:, model:, optim:, train:, ...), "
                 f"got a {type(loaded).__name__.removesuffix('Config').lower() or 'value'}"
             )
+        _check_sections(loaded, f"config file {path}")
         cfg = _merge_checked(cfg, loaded, f"config file {path}")
     for item in parse_overrides(overrides):
         cfg = _override_node(cfg, item)
@@ -451,6 +477,9 @@ def check_inputs(cfg: DictConfig) -> None:
             "(model.pretrained_file=PATH, or `poetry run research fetch-weights --config PRESET` on a machine online), "
             "or use model.mode=finetune"
         )
+    check_writable(cfg.run.resume or cfg.run.dir)  # what the run writes: its folder, and the image cache
+    if cfg.data.cache_dir and normalize_cache_mode(cfg.data.cache) in ("auto", "mmap"):
+        check_writable(cfg.data.cache_dir)
     init_checkpoint(cfg)
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import platform
-import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from research.data.datasets import DataBundle
 from research.engine.distributed import Distributed
 from research.engine.runtime import latency_timings, resolve_device, seed_everything
 from research.engine.trainer import EpochOutput, Trainer
+from research.errors import interrupt_exit_code, interrupt_name
 from research.inference.evaluation import (
     Evaluation,
     evaluate_scores,
@@ -49,9 +49,9 @@ from research.inference.evaluation import (
 )
 from research.inference.loaded import predict_logits
 from research.models.classifier import FERClassifier, count_parameters
-from research.tracking.recorder import RunRecorder
+from research.tracking.claim import FolderClaim, check_unclaimed
+from research.tracking.recorder import RunRecorder, claim_run_folder, refuse_finished
 from research.tracking.runs import (
-    RunExistsError,
     RunFolder,
     RunFolderError,
     new_run_id,
@@ -107,8 +107,9 @@ def open_run_folder(cfg: DictConfig, distributed: Distributed | None = None) -> 
     """The run folder and, with ``run.resume``, the checkpoint to continue from.
 
     A folder of the same name that holds no completed epoch (a start that failed before its
-    first checkpoint) is cleared and reused, so a retry under the same ``run.name`` just works.
-    Under torchrun rank 0 chooses (and checks) the new folder and every rank gets its name.
+    first checkpoint) is cleared and reused when the run starts, so a retry under the same
+    ``run.name`` just works. Under torchrun rank 0 chooses (and checks) the new folder and every
+    rank gets its name.
     """
     if cfg.run.resume:
         run = RunFolder.open(cfg.run.resume)
@@ -119,18 +120,15 @@ def open_run_folder(cfg: DictConfig, distributed: Distributed | None = None) -> 
 
 
 def new_run_path(cfg: DictConfig) -> Path:
-    """Where a new run goes: ``run.dir/run.name`` (or a fresh id); an existing finished run there is refused."""
+    """Where a new run goes: ``run.dir/run.name`` (or a fresh id). Refused at once when a finished run or a
+    running training holds it; the run claims it when it starts (:func:`claim_run_folder`)."""
     parent = Path(cfg.run.dir)
     run = RunFolder(parent / (cfg.run.name or new_run_id(cfg.model.name, parent)))
     if run.path.is_file():
         raise RunFolderError(f"{run.path} is a file, not a run folder; choose another run.name or run.dir")
-    if run.path.exists() and any(run.path.iterdir()):
-        if run.last_path.exists() or run.best_path.exists():
-            raise RunExistsError(
-                f"run folder {run.path} exists; choose another run.name or resume it with run.resume={run.path}"
-            )
-        log.info("run folder %s holds no completed epoch (an earlier start failed); starting it afresh", run.path)
-        shutil.rmtree(run.path)
+    if run.path.is_dir():
+        check_unclaimed(run.path)
+        refuse_finished(run)
     return run.path
 
 
@@ -231,12 +229,30 @@ def _train(
         log.info("data loading: %d worker processes (data.num_workers=%s)", train_loader.num_workers, cfg.data.num_workers)
     # The final evaluation scores the whole validation set in one process (rank 0).
     final_loader = build_eval_loader(bundle.val, cfg, device) if distributed.enabled else val_loader
-    recorder = new_recorder(
-        cfg, run, model, bundle, label=label, stats=(mean, std), device=device, distributed=distributed,
-        data_workers=train_loader.num_workers, command=command, resume_ckpt=resume_ckpt,
-    )
-    # The folder is made only now: nothing before this point leaves anything behind.
-    recorder.start(to_yaml(cfg), carved_val_split(cfg, bundle), bundle.val.names)
+    # The folder is made (and claimed, by rank 0) only now: nothing before this point leaves anything behind.
+    claims: list[FolderClaim] = []
+    distributed.on_main(lambda: claims.append(claim_run_folder(run, fresh=resume_ckpt is None)))
+    try:
+        recorder = new_recorder(
+            cfg, run, model, bundle, label=label, stats=(mean, std), device=device, distributed=distributed,
+            data_workers=train_loader.num_workers, command=command, resume_ckpt=resume_ckpt,
+        )
+        distributed.on_main(lambda: recorder.start(to_yaml(cfg), carved_val_split(cfg, bundle), bundle.val.names))
+        return _run_trainer(cfg, run, model, bundle, (train_loader, val_loader, final_loader), recorder, distributed,
+                            device=device, resume_ckpt=resume_ckpt, label=label, on_epoch=on_epoch, after_fit=after_fit)
+    finally:
+        for claim in claims:
+            claim.release()
+
+
+def _run_trainer(
+    cfg: DictConfig, run: RunFolder, model: FERClassifier, bundle: DataBundle,
+    loaders: tuple[DataLoader, DataLoader, DataLoader], recorder: RunRecorder, distributed: Distributed, *,
+    device: torch.device, resume_ckpt: dict[str, Any] | None, label: str,
+    on_epoch: Callable[[dict[str, float]], bool] | None, after_fit: AfterFit | None,
+) -> RunSummary:
+    """Build the trainer on the started run (restored from ``resume_ckpt``) and fit it."""
+    train_loader = loaders[0]
 
     def on_epoch_end(row: dict[str, float], _: EpochOutput) -> bool:
         """Rank 0 records the epoch and asks the callback; every rank gets its decision to stop."""
@@ -260,8 +276,7 @@ def _train(
         run.run_id, cfg.model.name, model.pretrained_source, summary.params_total / 1e6, summary.params_trainable / 1e6,
         device, label, len(bundle.train), len(bundle.val),
     )
-    return _fit(cfg, run, trainer, (train_loader, val_loader, final_loader), recorder, distributed,
-                label=label, after_fit=after_fit)
+    return _fit(cfg, run, trainer, loaders, recorder, distributed, label=label, after_fit=after_fit)
 
 
 def new_recorder(
@@ -312,16 +327,29 @@ def _fit(
         evaluation = distributed.on_main(
             lambda: write_final_evaluation(run, trainer, final_loader, label=label, recorder=recorder)
         )
-    except KeyboardInterrupt:
-        recorder.end(INTERRUPTED, epochs=trainer.state.epoch, exit_code=130)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM/SIGHUP (research.errors.Interrupted)
+        recorder.end(INTERRUPTED, epochs=trainer.state.epoch, exit_code=interrupt_exit_code(err))
         if distributed.is_main:
-            log.warning("interrupted after %d completed epoch(s); last.pt holds them. Resume: poetry run train run.resume=%s", trainer.state.epoch, run.path)
+            log.warning("%s", interrupted_message(run, trainer.state.epoch, interrupt_name(err)))
         raise
     except BaseException as err:
         recorder.end(FAILED, epochs=trainer.state.epoch, exit_code=1, error=f"{type(err).__name__}: {err}")
         raise
     return distributed.on_main(
         lambda: _conclude(cfg, run, trainer, evaluation, recorder, label=label, start=start, after_fit=after_fit)
+    )
+
+
+def interrupted_message(run: RunFolder, epochs: int, how: str) -> str:
+    """What an interrupted run left and how to go on: resume from last.pt, or (no epoch finished) rerun."""
+    if epochs == 0:
+        return (
+            f"interrupted ({how}) before epoch 1 finished: no checkpoint was written, so there is nothing to "
+            f"resume; rerun the same command (with run.name={run.run_id} it reuses {run.path})"
+        )
+    return (
+        f"interrupted ({how}) after {epochs} completed epoch(s); last.pt holds them. "
+        f"Resume: poetry run train run.resume={run.path}"
     )
 
 

@@ -165,3 +165,36 @@ def test_report_embeds_the_gradcam_sheet(trained_run, photo_folder, tmp_path):
 
     again = report_cli([run.parent], out, include_new_image_figures=False).read_text()
     assert "Grad-CAM" not in again and not list((out.parent / "figures").rglob("*gradcam*"))
+
+
+def test_gradcam_sheet_colours_right_and_wrong_winners_and_shows_the_true_label(tmp_path):
+    """Issue 26, item 17: a right winner green, a wrong one red, unknown truth black; the true label is shown."""
+    from research.inference.explain import RIGHT, SHEET_CELL, UNKNOWN, WRONG, plot_gradcam_sheet
+
+    def record(image: str, winner: str, true: str | None) -> dict:
+        return {"image": image, "winner": winner, "confidence": 0.9, "true": true,
+                "preprocessed": np.full((32, 32), 0.5, np.float32), "gradcam_overlay": np.full((32, 32, 3), 128, np.uint8)}
+
+    records = [record("right.png", "happiness", "happiness"), record("wrong.png", "anger", "happiness"),
+               record("unknown.png", "anger", None)]
+    path = plot_gradcam_sheet({"raw": records}, tmp_path / "sheet.png")
+    sheet = read_png(path).astype(int)
+    gap, label_h, head_h, row_h = 6, 24, 30, 24 + SHEET_CELL + 6
+
+    def caption_colours(row: int) -> set[tuple[int, int, int]]:
+        top = head_h + row * row_h
+        right = 2 * gap + 2 * SHEET_CELL  # the Grad-CAM cell's right edge, where the caption ends
+        band = sheet[top : top + label_h, right - SHEET_CELL + 40 : right].reshape(-1, 3)  # clear of the name
+        return {tuple(p) for p in band if abs(p - 255).sum() > 60}  # the text's pixels
+
+    def near(colours: set, colour: tuple[int, int, int]) -> bool:
+        return any(sum(abs(a - b) for a, b in zip(c, colour, strict=True)) < 40 for c in colours)
+
+    assert near(caption_colours(0), RIGHT) and not near(caption_colours(0), WRONG)
+    assert near(caption_colours(1), WRONG) and not near(caption_colours(1), RIGHT)
+    assert near(caption_colours(2), UNKNOWN) and not near(caption_colours(2), WRONG) and not near(caption_colours(2), RIGHT)
+    # the row label carries the true label: more ink than the same name without it
+    with_truth = plot_gradcam_sheet({"raw": [records[0]]}, tmp_path / "a.png")
+    without = plot_gradcam_sheet({"raw": [{**records[0], "true": None}]}, tmp_path / "b.png")
+    ink = lambda p: int((read_png(p)[head_h : head_h + label_h, : 2 * SHEET_CELL - 120] < 128).sum())  # noqa: E731
+    assert ink(with_truth) > ink(without) + 50

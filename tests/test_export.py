@@ -168,11 +168,30 @@ def _no_metadata(good: Path, bad: Path) -> None:
     onnx.save(proto, str(bad))
 
 
+def _metadata(**changes: object):
+    """A copy whose metadata says something the graph does not do (issue 26, item 23)."""
+
+    def damage(good: Path, bad: Path) -> None:
+        proto = onnx.load(str(good))
+        for prop in proto.metadata_props:
+            if prop.key in changes:
+                prop.value = json.dumps(changes[prop.key])
+        onnx.save(proto, str(bad))
+
+    return damage
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [(_garbage, "damaged or not an ONNX model"), (_truncated, "damaged or not an ONNX model"),
      (_no_metadata, "not a model exported by `poetry run export`"),
-     (_external_weights, "keeps its weights in external files")],
+     (_external_weights, "keeps its weights in external files"),
+     (_metadata(class_names=["a", "b", "c", "d", "e"]),
+      "the metadata does not match the model graph (output (N, 7) but the metadata names 5 classes); the file was "
+      "changed after export. Export it again with `poetry run export --run RUN`"),
+     (_metadata(channels=3, mean=[0.5] * 3, std=[0.5] * 3),
+      "the metadata does not match the model graph (input (N, 1, 32, 32) but the metadata says (N, 3, 32, 32) "
+      "(channels=3, image_size=32))")],
 )
 def test_damaged_onnx_exits_2_naming_the_file(damage, message, exported, check_images, tmp_path, caplog):
     bad = tmp_path / "bad.onnx"

@@ -8,10 +8,17 @@ message and what is left on disk.
 from __future__ import annotations
 
 import csv
+import io
+import json
 import logging
+import math
+import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -647,3 +654,579 @@ def test_val_predictions_holding_pickled_objects_are_left_out_of_the_report(trai
     np.savez(run / "val_predictions.npz", targets=np.array([_Payload(marker)], dtype=object), preds=np.zeros(1))
     assert cli(report_main, ["--runs", str(run), "--out", str(tmp_path / "report" / "results.md")]) == 0
     assert not marker.exists() and "val_predictions.npz cannot be read" in caplog.text
+
+
+# === issue 26 =====================================================================================
+REPO = Path(__file__).resolve().parents[1]
+
+
+def research_process(tmp_path: Path, *argv: str, name: str = "train") -> subprocess.Popen:
+    """``python -m research ARGV`` in its own process (stderr in ``tmp_path/<name>.log``), with its own
+    HOME and TMPDIR (``tmp_path/tmp``), so what it leaves in the temp dir can be read back."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_") and k not in ("RANK", "WORLD_SIZE")}
+    (tmp_path / "tmp").mkdir(exist_ok=True)
+    env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path / "home"), TMPDIR=str(tmp_path / "tmp"), OMP_NUM_THREADS="1",
+               WANDB_SILENT="true")
+    log_file = (tmp_path / f"{name}.log").open("w")
+    return subprocess.Popen([sys.executable, "-m", "research", *argv], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                            stderr=log_file, text=True)
+
+
+def wait_for(condition, what: str, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- 1, 2: SIGTERM is handled like Ctrl-C; a second training into a running one's folder is refused ------
+@pytest.mark.slow
+def test_sigterm_marks_the_run_and_a_second_training_into_its_folder_is_refused(tmp_path, tiny_dataset, caplog):
+    runs = tmp_path / "runs"
+    args = train_args(tiny_dataset, runs, "run.name=same", "train.epochs=200", "wandb.mode=offline", "data.cache=mmap")
+    first = research_process(tmp_path, "train", *args)
+    run = RunFolder(runs / "same")
+    try:
+        wait_for(run.config_path.exists, "the first run to start")
+        # 2: the second training exits 2 at once and touches nothing of the first
+        assert cli(train_main, args) == 2
+        (message,) = error_lines(caplog)
+        assert f"run folder {run.path} is being written by another training (pid {first.pid} on" in message
+        assert "choose another run.name or run.dir" in message
+        wait_for(run.history_path.exists, "epoch 1 of the first run")
+        # 1: SIGTERM mid-training
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 143
+    finally:
+        if first.poll() is None:
+            first.kill()
+    log_text = (tmp_path / "train.log").read_text()
+    assert "interrupted (SIGTERM) after" in log_text and f"Resume: poetry run train run.resume={run.path}" in log_text
+    assert "Traceback" not in log_text
+    summary = run.read_summary()
+    assert summary["status"] == "interrupted" and summary["epochs_run"] >= 1
+    assert torch.load(run.last_path, weights_only=False)["trainer"]["epoch"] == summary["epochs_run"]
+    (record,) = (run.path / "wandb").glob("offline-run-*")
+    assert read_offline_run(record).exit_code == 143  # the offline W&B record was closed
+    assert not list((tmp_path / "tmp").glob("research-cache-*"))  # the mmap cache folder is gone
+    assert not (run.path / ".lock").exists()
+
+
+def test_sigterm_in_process_is_exit_143_and_an_interrupted_run(tmp_path, tiny_dataset, caplog, monkeypatch):
+    """The same as above in the test process (fast): SIGTERM after epoch 1 is logged."""
+    from research.tracking import wandb_log
+
+    original = wandb_log.WandbRun.log_epoch
+
+    def sigterm(self, row):
+        original(self, row)
+        if row["epoch"] == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(wandb_log.WandbRun, "log_epoch", sigterm)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli(train_main, train_args(tiny_dataset, tmp_path, "run.name=t", "train.epochs=3")) == 143
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is the command's only
+    run = RunFolder(tmp_path / "t")
+    assert run.read_summary()["status"] == "interrupted" and run.read_summary()["epochs_run"] == 1
+    assert "interrupted (SIGTERM) after 1 completed epoch(s); last.pt holds them" in caplog.text
+    assert error_lines(caplog) == ["interrupted (SIGTERM)"]
+
+
+def test_a_termination_signal_travels_between_torchrun_ranks():
+    import pickle
+
+    from research.errors import Interrupted, interrupt_exit_code
+
+    again = pickle.loads(pickle.dumps(Interrupted(signal.SIGTERM, "SIGTERM")))  # rank 0 broadcasts what ended it
+    assert isinstance(again, KeyboardInterrupt) and interrupt_exit_code(again) == 143 and again.name == "SIGTERM"
+
+
+# --- 12: Ctrl-C before the first epoch ended -----------------------------------------------------------
+def test_ctrl_c_in_epoch_1_says_there_is_nothing_to_resume(tmp_path, tiny_dataset, caplog, monkeypatch):
+    from research.engine import trainer as trainer_mod
+
+    def ctrl_c(self, images, targets, *, train):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer_mod.Trainer, "step", ctrl_c)
+    args = train_args(tiny_dataset, tmp_path, "run.name=early")
+    assert cli(train_main, args) == 130
+    run = RunFolder(tmp_path / "early")
+    assert "interrupted (Ctrl-C) before epoch 1 finished" in caplog.text and "rerun the same command" in caplog.text
+    assert "last.pt holds" not in caplog.text
+    assert run.read_summary()["status"] == "interrupted" and not run.last_path.exists()
+    caplog.clear()
+    assert cli(train_main, [f"run.resume={run.path}"]) == 2
+    (message,) = error_lines(caplog)
+    assert f"{run.last_path} not found: the run did not finish an epoch" in message
+    assert "there is nothing to resume: rerun the same command (`poetry run train" in message
+    monkeypatch.undo()
+    assert cli(train_main, args) == 0  # the same command reuses the folder
+    assert run.read_summary()["status"] == "finished"
+
+
+# --- 3: two predicts into one --out ------------------------------------------------------------------
+def test_a_second_predict_into_a_busy_out_folder_is_refused(trained_run, tmp_path, tiny_dataset, caplog):
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom research.tracking.claim import PREDICT, FolderClaim\n"
+         f"FolderClaim.acquire({str(out)!r}, PREDICT)\nprint('held', flush=True)\ntime.sleep(120)"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, text=True,
+    )
+    argv = ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "raw", "--no-gradcam",
+            "--out", str(out), "--wandb", "disabled"]
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert cli(predict_main, argv) == 2
+        (message,) = error_lines(caplog)
+        assert f"output folder {out} is being written by another predict (pid {holder.pid} on" in message
+        assert "give another --out" in message
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing written beside the other's files
+    finally:
+        holder.kill()  # like kill -9: the claim goes with the process
+        holder.wait()
+    assert cli(predict_main, argv) == 0
+    assert (out / "raw" / "predictions.json").is_file() and not (out / ".lock").exists()
+
+
+# --- 4, 21: read-only outputs --------------------------------------------------------------------------
+def mount_namespace_or_skip(tmp_path: Path) -> None:
+    """Skip unless this process may mount a tmpfs in a new mount namespace (root, or CAP_SYS_ADMIN)."""
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed")
+    done = subprocess.run(["unshare", "-m", "sh", "-c", f"mount -t tmpfs -o size=64k tmpfs {probe}"], capture_output=True)
+    probe.rmdir()
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()[:100]})")
+
+
+def in_mount_namespace(tmp_path: Path, mounts: str, script: str) -> subprocess.CompletedProcess:
+    """Run python ``script`` after ``mounts`` (shell ``mount`` commands) in a private mount namespace."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1", WANDB_SILENT="true",
+               WANDB_MODE="disabled")
+    (tmp_path / "driver.py").write_text(script)
+    command = f"{mounts} && exec {sys.executable} {tmp_path / 'driver.py'}"
+    return subprocess.run(["unshare", "-m", "sh", "-c", command], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+DRIVER = '''
+import json, logging, sys
+from research import cli
+
+commands = json.loads(sys.argv[1] if len(sys.argv) > 1 else open({cases!r}).read())
+messages = []
+logging.Handler.handle = lambda self, record: messages.append(record.getMessage()) if record.levelno >= logging.ERROR else None
+for name, main, argv in commands:
+    messages.clear()
+    try:
+        getattr(cli, main)(argv)
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    print(json.dumps({{"name": name, "code": code, "errors": list(messages)}}), flush=True)
+'''
+
+
+def run_commands(tmp_path: Path, mounts: str, cases: list[tuple[str, str, list[str]]]) -> dict[str, dict]:
+    (tmp_path / "cases.json").write_text(json.dumps(cases))
+    done = in_mount_namespace(tmp_path, mounts, DRIVER.format(cases=str(tmp_path / "cases.json")))
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    results = {r["name"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert len(results) == len(cases), done.stderr[-3000:]
+    return results
+
+
+@pytest.mark.slow
+def test_read_only_outputs_are_one_line_and_exit_2(trained_run, tiny_dataset, tmp_path):
+    mount_namespace_or_skip(tmp_path)
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    src = tmp_path / "jaffe"
+    src.mkdir()
+    for i in range(2):
+        Image.new("L", (16, 16), 100 + i).save(src / f"KA.HA{i}.{i}.tiff")
+    cases = [
+        ("train run.dir", "train_main", train_args(tiny_dataset, ro / "runs")),
+        ("data.cache_dir", "train_main", train_args(tiny_dataset, tmp_path / "runs", "data.cache=mmap",
+                                                   f"data.cache_dir={ro / 'cache'}")),
+        ("predict", "predict_main", ["--run", str(trained_run), str(tiny_dataset / "validation"), "--out", str(ro / "p")]),
+        ("evaluate", "evaluate_main", ["--run", str(trained_run), str(tiny_dataset), "--split", "validation",
+                                       "--out", str(ro / "e")]),
+        ("report", "report_main", ["--runs", str(trained_run), "--out", str(ro / "reports" / "results.md")]),
+        ("prepare-data", "prepare_data_main", ["filenames", str(src), str(ro / "jaffe")]),
+        ("export", "export_main", ["--run", str(trained_run), "--out", str(ro / "export" / "model.onnx")]),
+    ]
+    results = run_commands(tmp_path, f"mount -t tmpfs -o ro,size=64k tmpfs {ro}", [(n, m, [str(a) for a in argv]) for n, m, argv in cases])
+    where = {"train run.dir": ro / "runs", "data.cache_dir": ro / "cache", "predict": ro / "p", "evaluate": ro / "e",
+             "report": ro / "reports", "prepare-data": ro / "jaffe", "export": ro / "export"}
+    for name, result in results.items():
+        assert result["code"] == 2, result
+        (message,) = result["errors"]
+        assert f"cannot write {where[name]}: Read-only file system" in message, result
+    assert not (tmp_path / "runs").exists()  # the failed starts left nothing behind
+
+
+def test_a_disk_that_fills_up_during_predict_is_one_line(trained_run, tiny_dataset, tmp_path, caplog, monkeypatch):
+    import errno
+
+    from research import plots
+
+    def full_disk(self, path, **panel):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(plots.PredictionPanels, "save", full_disk)
+    out = tmp_path / "out"
+    assert cli(predict_main, ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "raw",
+                              "--no-gradcam", "--out", str(out), "--wandb", "disabled"]) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"cannot write {out / 'raw' / 'panels'}/") and "No space left on device" in message
+    assert "Traceback" not in caplog.text and not (out / ".lock").exists()
+
+
+# --- 5: NaN loss ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        # the EMA weights validated after one epoch at lr 1e6 give NaN scores although the training loss was finite
+        (("train.ema_decay=0.998",), "validation loss became nan at epoch 1 (the weights diverged in training). "
+         "Lower optim.lr (the peak learning rate is 1.00e+06), set train.grad_clip=1.0, or check the input images; "
+         "no epoch finished, so no checkpoint was written."),
+        (("train.epochs=3",), "training loss became nan at epoch 2. Lower optim.lr (the peak learning rate is 1.00e+06), "
+         "set train.grad_clip=1.0, or check the input images; last.pt holds epoch 1, the last good one."),
+    ],
+)
+def test_a_diverging_run_says_the_epoch_and_the_fix(extra, message, tmp_path, tiny_dataset, caplog):
+    args = train_args(tiny_dataset, tmp_path, "run.name=nan", "optim.lr=1e6", "optim.warmup_epochs=0", *extra)
+    assert cli(train_main, args) == 2
+    assert error_lines(caplog) == [message]
+    assert RunFolder(tmp_path / "nan").read_summary()["status"] == "failed"
+
+
+# --- 10: decompression bombs ---------------------------------------------------------------------------
+def jpeg_claiming(path: Path, width: int, height: int) -> Path:
+    """A tiny real JPEG whose header (SOF0) claims ``width`` x ``height`` pixels."""
+    buffer = io.BytesIO()
+    Image.new("L", (16, 16), 128).save(buffer, "JPEG", quality=30)
+    data = bytearray(buffer.getvalue())
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5 : sof + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_jpeg_header_claiming_60000x60000_is_a_bad_file(tmp_path, tiny_dataset, trained_run, caplog):
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    bomb = jpeg_claiming(data / "train" / "alegria" / "bomb.jpg", 60000, 60000)
+    assert bomb.stat().st_size < 400
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=b")) == 2
+    assert f"{bomb}: its header claims 60000x60000 pixels, but the file has only {bomb.stat().st_size} bytes" in caplog.text
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=b", "data.bad_files=skip")) == 0
+    assert RunFolder(tmp_path / "runs" / "b").read_summary()["dataset"]["skipped_files"] == [str(bomb)]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(bomb, photos / "anger_bomb.jpg")
+    shutil.copy(next((tiny_dataset / "validation" / "alegria").iterdir()), photos / "happy_1.png")
+    caplog.clear()
+    out = tmp_path / "o"
+    assert cli(predict_main, ["--run", str(trained_run), str(photos), "--face", "raw", "--no-gradcam", "--out", str(out),
+                              "--wandb", "disabled"]) == 0
+    assert "anger_bomb.jpg: its header claims 60000x60000 pixels" in caplog.text and "(skipped)" in caplog.text
+    assert [r["image"] for r in json.loads((out / "raw" / "predictions.json").read_text())] == ["happy_1.png"]
+
+
+def test_large_images_are_decoded_downscaled_to_the_bound(tmp_path):
+    from research.data.images import DECODE_MAX_SIDE, _draft_request, load_image
+
+    gradient = np.linspace(0, 255, 5000, dtype=np.uint8)
+    big = np.stack([np.tile(gradient, (3000, 1))] * 3, axis=2)
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=90)
+    Image.fromarray(big).save(tmp_path / "big.png")
+    with Image.open(tmp_path / "big.jpg") as jpeg:  # the JPEG decoder itself works at half size
+        jpeg.draft(jpeg.mode, _draft_request(5000, 3000, DECODE_MAX_SIDE))
+        assert jpeg.size == (2500, 1500)
+    for name in ("big.jpg", "big.png"):
+        image = load_image(tmp_path / name)
+        assert image.shape == (round(3000 * DECODE_MAX_SIDE / 5000), DECODE_MAX_SIDE, 3), name
+        assert abs(float(image[:, -10:].mean()) - 255) < 6 and float(image[:, :10].mean()) < 6  # the same picture
+
+
+# --- 11: worker errors, a class "folder" that is a file, a stray image --------------------------------------
+def test_a_file_broken_after_the_first_pass_is_one_line_with_data_loader_workers(tmp_path, tiny_dataset, caplog, monkeypatch):
+    import research.train as train_mod
+
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    victim = sorted((data / "train" / "alegria").iterdir())[0]
+    real_build_loaders = train_mod.build_loaders
+
+    def overwrite_then_build(*args, **kwargs):  # after the decode pass, before any worker reads it again
+        victim.write_bytes(b"garbage, not a PNG any more")
+        return real_build_loaders(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "build_loaders", overwrite_then_build)
+    assert cli(train_main, train_args(data, tmp_path / "runs", "run.name=w", "data.num_workers=2", "data.cache=stream")) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"{victim}: cannot be decoded as an image") and "(in DataLoader worker process" in message
+    assert "Traceback" not in message and "Caught" not in message and "\n" not in message
+    assert RunFolder(tmp_path / "runs" / "w").read_summary()["status"] == "failed"
+
+
+def test_a_class_folder_that_is_a_file_is_named_as_such(tmp_path, tiny_dataset, caplog):
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    shutil.rmtree(data / "train" / "miedo")
+    (data / "train" / "miedo").write_bytes(b"PK\x03\x04 an archive")
+    assert cli(train_main, train_args(data, tmp_path / "runs")) == 2
+    (message,) = error_lines(caplog)
+    assert f"{data / 'train' / 'miedo'} is a file, not a class folder: the fear images must be in a folder" in message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_stray_image_in_the_split_folder_is_named(tmp_path, tiny_dataset, caplog):
+    from research.data.datasets import load_datasets
+
+    data = copy_dataset(tiny_dataset, tmp_path / "data")
+    shutil.copy(next((data / "train" / "alegria").iterdir()), data / "train" / "lost.png")
+    bundle = load_datasets(data, keep_size=32)
+    assert "1 image(s) directly in the split folder, outside every class folder, are not used: lost.png" in caplog.text
+    assert len(bundle.train) == len(load_datasets(tiny_dataset, keep_size=32).train)
+
+
+# --- 13: your own runs never dirty the git tree -------------------------------------------------------------
+def test_default_outputs_are_git_ignored(trained_run, tmp_path, monkeypatch):
+    """``report`` (as ``pipeline`` runs it) writes with its defaults into a git checkout holding the project's
+    .gitignore, beside files at every other default output path; ``git status`` stays clean."""
+    import inspect
+
+    from research.cli import report_main
+    from research.config import load_config
+    from research.data.download import DEFAULT_DATA_DIR
+    from research.sweep import run_local_sweep
+
+    checkout = tmp_path / "checkout"
+    checkout.mkdir()
+    shutil.copy(REPO / ".gitignore", checkout / ".gitignore")
+    git = ["git", "-C", str(checkout), "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    for command in (["init", "-q"], ["add", ".gitignore"], ["commit", "-qm", "ignore rules"]):
+        subprocess.run([*git, *command], check=True)
+    monkeypatch.chdir(checkout)
+    assert cli(report_main, ["--runs", str(trained_run)]) == 0  # default --out reports/results.md
+    assert (checkout / "reports" / "results.md").is_file() and list((checkout / "reports" / "model_cards").glob("*.md"))
+    run_dir = Path(load_config(None, []).run.dir)
+    sweeps = Path(inspect.signature(run_local_sweep).parameters["root"].default)
+    for path in (run_dir / "r" / "best.pt", run_dir / "r" / "wandb" / "offline-run-1" / "run-1.wandb",
+                 Path("runs/study/r/summary.json"), sweeps / "s" / "trials.csv", Path(DEFAULT_DATA_DIR) / "course.zip"):
+        (checkout / path).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / path).write_text("x")
+    status = subprocess.run([*git, "status", "--porcelain", "--untracked-files=all"], capture_output=True, text=True, check=True)
+    assert status.stdout == "", status.stdout
+
+
+# --- 19: report over a folder with damaged run files ---------------------------------------------------------
+def test_report_skips_runs_with_damaged_files_and_names_them(trained_run, tmp_path, caplog):
+    from research.cli import report_main
+
+    runs = tmp_path / "runs"
+    shutil.copytree(trained_run, runs / "good", ignore=shutil.ignore_patterns("*.pt"))
+    damage = {
+        "truncated": lambda run: (run / "summary.json").write_text((run / "summary.json").read_text()[:40]),
+        "empty": lambda run: (run / "summary.json").write_text(""),
+        "random": lambda run: (run / "summary.json").write_bytes(np.random.default_rng(0).bytes(300)),
+        "binary-config": lambda run: (run / "config.yaml").write_bytes(b"\x00\xff\xfe\x89PNG" * 20),
+    }
+    for name, hurt in damage.items():
+        shutil.copytree(trained_run, runs / name, ignore=shutil.ignore_patterns("*.pt"))
+        hurt(runs / name)
+    out = tmp_path / "report" / "results.md"
+    assert cli(report_main, ["--runs", str(runs), "--out", str(out), "--no-new-image-figures"]) == 0
+    markdown = out.read_text()
+    assert len(table_rows_of(markdown, "scratch_cnn_small")) == 1  # the good run (its id: trained) is reported
+    skipped = next(line for line in markdown.splitlines() if line.startswith("- Skipped runs"))
+    for name in ("truncated", "empty", "random"):
+        assert f"`{name}` (damaged summary.json: " in skipped
+        assert f"skipping run {name} ({runs / name}): damaged summary.json" in caplog.text
+    assert "`trained` (damaged config.yaml: not valid YAML" in skipped and f"folder {runs / 'binary-config'})" in skipped
+    assert "Traceback" not in caplog.text
+
+
+def table_rows_of(markdown: str, first_cell: str) -> list[str]:
+    return [line for line in markdown.splitlines() if line.startswith(f"| {first_cell} |")]
+
+
+# --- 20: data.cache=mmap on a disk that is (or becomes) full ------------------------------------------------
+MMAP_DRIVER = '''
+import json, logging, os, sys
+from pathlib import Path
+import numpy as np
+from research import cli
+from research.data.cache import CacheSpaceError, MmapImages
+
+small, filled = Path(sys.argv[1]), Path(sys.argv[2])
+messages = []
+logging.Handler.handle = lambda self, record: messages.append(record.getMessage()) if record.levelno >= logging.ERROR else None
+try:
+    cli.train_main(json.loads(sys.argv[3]))
+except SystemExit as exit_info:
+    print(json.dumps({"case": "start", "code": exit_info.code, "errors": messages, "left": os.listdir(small)}), flush=True)
+try:  # too big for the disk: refused when the file is made, nothing left
+    MmapImages(200, 64, folder=small)
+except CacheSpaceError as err:
+    print(json.dumps({"case": "too big", "error": str(err), "left": os.listdir(small)}), flush=True)
+store = MmapImages(40, 64, folder=filled)  # 480 KiB reserved on a 1 MiB disk
+with open(filled / "filler", "wb") as fh:  # then something else fills the disk
+    try:
+        while True:
+            fh.write(b"x" * 65536)
+            fh.flush()
+    except OSError:
+        pass
+for i in range(40):  # writing every slot needs no new block: no SIGBUS
+    store.write(i, np.full((64, 64, 3), i, np.uint8))
+print(json.dumps({"case": "filled", "ok": all(int(store[i][0, 0, 0]) == i for i in range(40))}), flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_mmap_cache_on_a_full_disk_is_a_clear_error_and_never_a_bus_error(tiny_dataset, tmp_path):
+    mount_namespace_or_skip(tmp_path)
+    small, filled = tmp_path / "small", tmp_path / "filled"
+    small.mkdir()
+    filled.mkdir()
+    argv = train_args(tiny_dataset, tmp_path / "runs", "data.cache=mmap", f"data.cache_dir={small}")
+    (tmp_path / "driver.py").write_text(MMAP_DRIVER)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(PYTHONPATH=str(REPO), HOME=str(tmp_path / "home"), OMP_NUM_THREADS="1")
+    mounts = f"mount -t tmpfs -o size=64k tmpfs {small} && mount -t tmpfs -o size=1m tmpfs {filled}"
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mounts} && exec {sys.executable} {tmp_path / "driver.py"} "$0" "$1" "$2"',
+         str(small), str(filled), json.dumps(argv)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]  # a bus error would be -7
+    cases = {r["case"]: r for r in map(json.loads, done.stdout.splitlines())}
+    start = cases["start"]
+    assert start["code"] == 2 and start["left"] == []
+    (message,) = start["errors"]
+    needed = math.ceil(70 * (32 * 32 * 3 + 128) * 1.1 / 1024)  # the tiny dataset's 70 images, 10 % headroom
+    assert f"data.cache=mmap needs {needed} KiB free on the cache disk (data.cache_dir={small}), only 6" in message
+    assert "KiB are. Set data.cache_dir to a folder on a disk with room, or use data.cache=stream" in message
+    assert "cannot write the image cache" in cases["too big"]["error"] and "No space left on device" in cases["too big"]["error"]
+    assert cases["too big"]["left"] == []  # the partial file and its folder are gone
+    assert cases["filled"]["ok"]
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 25: prepare-data given an archive or an image; interrupted imports ---------------------------------------
+@pytest.mark.parametrize(("name", "content", "what"), [
+    ("fer2013.tar.gz", b"\x1f\x8b\x08\x00" + bytes(100), "is a gzip-compressed file (.tar.gz?); fer2013 expects FER2013's CSV"),
+    ("face.jpg", None, "is an image file; fer2013 expects FER2013's CSV"),
+])
+def test_prepare_data_given_an_archive_or_an_image(name, content, what, tmp_path, caplog):
+    from research.cli import prepare_data_main
+
+    src = tmp_path / name
+    if content is None:
+        Image.new("RGB", (8, 8)).save(src)
+    else:
+        src.write_bytes(content)
+    assert cli(prepare_data_main, ["fer2013", str(src), str(tmp_path / "dest")]) == 2
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"SRC {src} {what}") and "Traceback" not in caplog.text
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_interrupted_import_says_what_is_left_and_training_refuses_it(tmp_path, caplog, monkeypatch):
+    from research.cli import prepare_data_main
+    from research.data.importers import writer
+
+    src = tmp_path / "jaffe"
+    src.mkdir()
+    for i, code in enumerate(["HA", "SA", "AN", "DI", "FE", "SU", "NE"] * 3):
+        Image.new("L", (16, 16), 20 * (i % 7) + i).save(src / f"KA.{code}{i}.{i}.tiff")
+    real_write, written = writer.write_atomic, []
+
+    def ctrl_c_after_five(path, data):
+        if path.name != "manifest.json" and len(written) == 5:
+            raise KeyboardInterrupt
+        real_write(path, data)
+        written.append(path)
+
+    monkeypatch.setattr(writer, "write_atomic", ctrl_c_after_five)
+    dest = tmp_path / "dest"
+    assert cli(prepare_data_main, ["filenames", str(src), str(dest)]) == 130
+    assert f"import interrupted: {dest} holds 4 of 21 files, and its manifest.json says \"complete\": false" in caplog.text
+    assert "Rerun the same command to finish" in caplog.text
+    assert json.loads((dest / "manifest.json").read_text())["complete"] is False
+    caplog.clear()
+    assert cli(train_main, train_args(dest, tmp_path / "runs")) == 2
+    (message,) = error_lines(caplog)
+    assert f"{dest} is an unfinished import: {dest / 'manifest.json'} says \"complete\": false" in message
+    assert f"poetry run prepare-data filenames {src} {dest}" in message
+    assert not (tmp_path / "runs").exists()
+
+
+# --- 26: a damaged landmark model, a section given a value, tiny validation fractions --------------------------
+def test_a_damaged_landmark_model_is_named_with_the_fix(trained_run, tiny_dataset, tmp_path, caplog, monkeypatch):
+    pytest.importorskip("dlib")
+    from research.faces import align
+
+    damaged = tmp_path / align.LANDMARK_MODEL
+    damaged.write_bytes(b"\x00not a dlib model" * 8)
+    monkeypatch.setattr(align, "_landmark_model_path", lambda: damaged)
+    align._load_models.cache_clear()
+    try:
+        assert cli(predict_main, ["--run", str(trained_run), str(tiny_dataset / "validation"), "--face", "aligned",
+                                  "--out", str(tmp_path / "p"), "--wandb", "disabled"]) == 2
+    finally:
+        align._load_models.cache_clear()
+    (message,) = error_lines(caplog)
+    assert message.startswith(f"the landmark model {damaged} is damaged (") and "--force-reinstall" in message
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("where", ["yaml", "override"])
+def test_a_config_section_given_a_value_names_the_section(where, tmp_path, caplog):
+    if where == "yaml":
+        preset = tmp_path / "bad.yaml"
+        preset.write_text("optim: 5\n")
+        argv = ["--config", str(preset)]
+    else:
+        argv = ["optim=5"]
+    assert cli(train_main, argv) == 2
+    (message,) = error_lines(caplog)
+    assert "optim is a section of settings (optim.name, optim.lr" in message and "not a value: got " in message
+    assert ": None" not in message
+
+
+def test_a_tiny_val_fraction_logs_what_it_took(tmp_path, tiny_dataset, caplog):
+    from research.data.datasets import load_datasets
+
+    caplog.set_level(logging.INFO)
+    train_only = tmp_path / "train_only"
+    shutil.copytree(tiny_dataset / "train", train_only / "train")
+    total = sum(1 for p in (train_only / "train").rglob("*.png"))
+    bundle = load_datasets(train_only, val_fraction=0.0001, keep_size=32)
+    assert len(bundle.val) == 7  # one image of every class, so every class is validated
+    share = 100 * 7 / total
+    assert "data.val_fraction=0.0001 rounds to no image for" in caplog.text
+    assert f"the validation share is therefore {share:.1f} %, not 0.01 %" in caplog.text
+    assert f"7 of {total} images ({share:.1f} %; data.val_fraction=0.0001" in caplog.text
+    assert "fraction 0.00" not in caplog.text
+
+
+def test_a_class_with_one_image_cannot_be_split(tmp_path, tiny_dataset, caplog):
+    train_only = tmp_path / "train_only"
+    shutil.copytree(tiny_dataset / "train", train_only / "train")
+    for extra in sorted((train_only / "train" / "miedo").iterdir())[1:]:
+        extra.unlink()
+    assert cli(train_main, train_args(train_only, tmp_path / "runs", "data.val_fraction=0.2")) == 2
+    (message,) = error_lines(caplog)
+    assert "class(es) ['fear'] have a single image, so data.val_fraction=0.2 cannot put one in train and one in validation" in message
+    assert "both splits" not in message and not (tmp_path / "runs").exists()

@@ -40,8 +40,9 @@ def test_every_step_is_measured_and_written_from_a_bare_python(tiny_dataset, tmp
     data = tmp_path / "train_only"
     shutil.copytree(tiny_dataset / "train", data / "train")  # no validation/: the time-to-accuracy race runs too
     site = sysconfig.get_paths()["purelib"]
-    # relative paths are the caller's, not the repository's
-    done = run_script(tmp_path, "train_only", "out", pythonpath=site, TTA_BUDGET="2", REPEATS="1")
+    # relative paths are the caller's, not the repository's; every step runs, on small images and few batches
+    done = run_script(tmp_path, "train_only", "out", pythonpath=site, TTA_BUDGET="2", REPEATS="1", MODEL_BATCHES="2",
+                      OVERRIDES="data.image_size=32 data.batch_size=16", OMP_NUM_THREADS="1")
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
     report = (out / "gpu_check.md").read_text()
@@ -53,6 +54,7 @@ def test_every_step_is_measured_and_written_from_a_bare_python(tiny_dataset, tmp
     for name, (amp, workers) in expected.items():
         figures = json.loads((out / f"loader-{name}.json").read_text())
         assert figures["amp"] is amp and [r["workers"] for r in figures["rows"]] == workers
+        assert figures["image_size"] == 32, figures  # OVERRIDES reached every table
         assert figures["train_images"] > 0 and all(r["epoch_images_per_s"] > 0 for r in figures["rows"])
     for heading in ("## scratch_cnn, preset", "## scratch_cnn, fp32 without channels-last",
                     "## efficientnet_lite0, preset", "## efficientnet_lite0, AMP on", "## time to 60 %, 2 s per side"):

@@ -196,7 +196,7 @@ def section(markdown: str, heading: str) -> str:
 
 
 REAL = "## Dataset: dataset_emociones (real images, 700 train / 200 validation)"
-DEMO = "## Dataset: synthetic demo data (SYNTHETIC demo data, 700 train / 200 validation)"
+DEMO = "## Dataset: synthetic demo data (700 train / 200 validation)"  # the name says synthetic: once
 
 
 def png_links(markdown: str) -> list[str]:
@@ -237,7 +237,7 @@ def test_one_comparison_per_dataset_with_synthetic_label(runs_root: Path, tmp_pa
     assert "`scratch_cnn-20260101-000000` (scratch_cnn): none" in markdown
     per_model = section(markdown, "## Per model")
     assert "Trained on dataset_emociones (real images)." in per_model
-    assert "Trained on synthetic demo data (SYNTHETIC demo data)." in per_model
+    assert "Trained on synthetic demo data." in per_model and "(SYNTHETIC demo data)" not in markdown
     assert "![top-2 accuracy](figures/resnet18-20260101-000000/curves_top2.png)" in per_model
     assert "![learning rate](figures/resnet18-20260101-000000/curves_lr.png)" in per_model
     assert "figure missing" not in per_model
@@ -347,7 +347,7 @@ def test_unfinished_runs_are_listed_as_skipped(runs_root: Path, tmp_path: Path) 
         "scratch_cnn-20260101-000000",
     ]
     markdown = build_report(run_set, tmp_path / "results.md")
-    assert "Skipped runs (not finished): `mobilenet_v3_small-20260101-000000` (running)" in markdown
+    assert "Skipped runs (not finished, or unreadable): `mobilenet_v3_small-20260101-000000` (running)" in markdown
     assert "| mobilenet_v3_small |" not in markdown
 
 
@@ -398,7 +398,7 @@ def test_wandb_runs_fill_the_comparison_table(monkeypatch, tmp_path: Path) -> No
         table_rows(markdown, "scratch_cnn")[0]
     )
     # Both W&B runs trained on demo data: one dataset, compared within it.
-    demo = section(markdown, "## Dataset: synthetic demo data (SYNTHETIC demo data)")
+    demo = section(markdown, "## Dataset: synthetic demo data\n")
     assert "20.0 points above the runner-up, scratch_cnn (0.400)" in demo
     assert len(table_rows(demo, "resnet18")) == len(table_rows(demo, "scratch_cnn")) == 1
     assert markdown.count("## Dataset: ") == 1
@@ -514,7 +514,7 @@ def test_datasets_and_sweeps_are_reported_apart(two_datasets_and_a_sweep: Path, 
     assert "### Sweep `lr-sweep`" in sweeps
     assert "- Metric: `val/macro_f1` (maximize)" in sweeps
     assert "- Trials: 4 (1 failed, 2 finished, 1 stopped (hyperband))" in sweeps
-    assert "- Dataset: synthetic demo data (SYNTHETIC demo data)" in sweeps
+    assert "- Dataset: synthetic demo data\n" in sweeps
     assert "- Best trial: 2 (run `lr-sweep-t02`), val/macro_f1 0.930, with train.lr=0.001, model.name=scratch_cnn" in sweeps
     assert SYNTHETIC_LABEL in sweeps
     assert "| trial | run | train.lr | model.name | val/macro_f1 | state | epochs |" in sweeps
@@ -564,7 +564,7 @@ def test_compare_across_datasets_keeps_one_ranking(runs_root: Path, tmp_path: Pa
     table = section(markdown, "## Comparison")
     rows = [line.split(" | ")[0][2:] for line in table.splitlines() if line.startswith("| ") and "`" in line]
     assert rows == ["resnet18", "mobilenet_v3_large", "scratch_cnn"]
-    assert "synthetic demo data (SYNTHETIC)" in table_rows(table, "scratch_cnn")[0]
+    assert "| synthetic demo data |" in table_rows(table, "scratch_cnn")[0]
     assert "ranked together across 2 datasets (asked for with --compare-across-datasets)" in markdown
     assert_chart(out.parent / "figures" / "model_comparison.png")
     conclusions = section(markdown, "## Conclusions")
@@ -645,3 +645,24 @@ def test_runs_recorded_before_a_key_existed_pool_with_runs_at_its_default():
               for name, config in (("old", old), ("changed", changed))]
     _label(groups)
     assert [g.label for g in groups] == ["scratch_cnn (optim.layer_decay=1.0)", "scratch_cnn (optim.layer_decay=0.8)"]
+
+
+def test_titles_and_headings_say_each_thing_once(tmp_path: Path) -> None:
+    """Issue 26, item 18: the demo dataset's name already says synthetic; a run heading names the model and
+    the run, not the run twice; two configurations of one model are named alike in every table."""
+    root = tmp_path / "runs"
+    for run_id, f1, lr in (("scratch_cnn-a", 0.55, "0.001"), ("scratch_cnn-b", 0.45, "0.01")):
+        run = make_run(root, run_id, model="scratch_cnn", f1=f1, acc=f1 + 0.05, ece=0.1, synthetic=True, latency=1.0,
+                       params=1_000_000)
+        run.write_text("config.yaml", to_yaml(load_config(None, ["model.name=scratch_cnn", f"optim.lr={lr}"])))
+    add_predictions(RunFolder(root / "scratch_cnn-a"))
+    markdown = report_cli([root], tmp_path / "results.md").read_text()
+    assert "(SYNTHETIC demo data)" not in markdown and "(SYNTHETIC)" not in markdown
+    assert "## Dataset: synthetic demo data (700 train / 200 validation)" in markdown
+    for run_id in ("scratch_cnn-a", "scratch_cnn-b"):
+        assert f"{run_id} (`{run_id}`)" not in markdown and f"**{run_id}** (`{run_id}`)" not in markdown
+        assert f"### scratch_cnn (`{run_id}`)" in section(markdown, "## Per model")
+    assert "### scratch_cnn (`scratch_cnn-a`) on `" in section(markdown, "## New images")
+    names = ["scratch_cnn (optim.lr=0.001)", "scratch_cnn (optim.lr=0.01)"]
+    assert [row.split(" | ")[0].removeprefix("| ") for row in markdown.splitlines() if row.startswith("| scratch_cnn (")][:2] == names
+    assert f"| class | val images | {names[0]} | {names[1]} |" in markdown

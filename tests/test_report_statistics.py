@@ -79,7 +79,7 @@ def test_repeated_runs_share_a_row_with_mean_std_and_a_deterministic_ci(repeated
     mean, std = np.mean(accs), np.std(accs, ddof=1)
     assert cells[6] == f"{mean:.3f} ± {std:.3f}"  # val acc: mean ± sample std
     # The other learning rate is another configuration: its own row, one run, its value as is.
-    single = table_rows(real, "resnet18")
+    single = table_rows(real, "resnet18 (optim.lr=0.01)")
     assert len(single) == 1 and "`r18-lr-s42`" in single[0]
     single_cells = [c.strip() for c in single[0].strip("|").split("|")]
     assert single_cells[4] == "1" and single_cells[6] == f"{acc(RUN_B):.3f}"
@@ -99,9 +99,9 @@ def test_paired_test_quotes_the_discordant_images_and_p_value(repeated: Path, tm
     p = 2 * (1 + 12 + 66) / 2**12
     assert f"p = {p:.3g}" == "p = 0.0386"
     assert (
-        "- Paired test of **resnet18 (optim.lr=0.001)** vs **r18-lr-s42** on the same 70 validation images "
+        "- Paired test of **resnet18 (optim.lr=0.001)** vs **resnet18 (optim.lr=0.01)** on the same 70 validation images "
         "(McNemar's exact test; for repeated runs, on the best seed of each): only resnet18 (optim.lr=0.001) "
-        "is right on 10 image(s), only r18-lr-s42 on 2; p = 0.0386, so the difference is significant at the 5% level."
+        "is right on 10 image(s), only resnet18 (optim.lr=0.01) on 2; p = 0.0386, so the difference is significant at the 5% level."
     ) in conclusions
     assert "with 0.916 ± 0.022 (mean ± std over 3 seeds; accuracy 0.919 ± 0.022)" in conclusions
 
@@ -124,8 +124,8 @@ def test_runs_without_predictions_get_no_paired_test(repeated: Path, tmp_path: P
     (repeated / "r18-lr-s42" / "val_predictions.npz").unlink()
     markdown = report_cli([repeated], tmp_path / "results.md").read_text()
     real = section(markdown, SECTION)
-    assert "- **resnet18 (optim.lr=0.001)** vs **r18-lr-s42**: no paired test (predictions not saved)." in real
-    single = [c.strip() for c in table_rows(real, "resnet18")[0].strip("|").split("|")]
+    assert "- **resnet18 (optim.lr=0.001)** vs **resnet18 (optim.lr=0.01)**: no paired test (predictions not saved)." in real
+    single = [c.strip() for c in table_rows(real, "resnet18 (optim.lr=0.01)")[0].strip("|").split("|")]
     assert single[12] == single[13] == "n/a"
     assert "n/a: no per-image validation predictions" in real
 
@@ -133,7 +133,8 @@ def test_runs_without_predictions_get_no_paired_test(repeated: Path, tmp_path: P
 def test_per_class_table_has_supports_and_each_configuration(repeated: Path, tmp_path: Path) -> None:
     markdown = report_cli([repeated], tmp_path / "results.md").read_text()
     table = section(markdown, SECTION).split("### Per-class F1 on dataset_emociones", 1)[1].split("###", 1)[0]
-    assert "| class | val images | resnet18 (optim.lr=0.001) | r18-lr-s42 |" in table
+    # every configuration of a shared model is named the same way: the model and what sets it apart (issue 26, item 18)
+    assert "| class | val images | resnet18 (optim.lr=0.001) | resnet18 (optim.lr=0.01) |" in table
     rows = {line.split(" | ")[0].removeprefix("| "): line for line in table.splitlines() if line.startswith("| ") and "---" not in line}
     assert list(rows)[1:] == list(CANONICAL_CLASSES)
     assert rows["anger"].startswith("| anger | 14 | ")

@@ -67,6 +67,7 @@ class OfflineRun:
     files: list[str] = field(default_factory=list)
     run_id: str = ""
     project: str = ""
+    exit_code: int | None = None  # set once the run was closed (wandb.finish): its exit record
 
 
 def read_offline_run(folder: Path) -> OfflineRun:
@@ -92,4 +93,6 @@ def read_offline_run(folder: Path) -> OfflineRun:
             run.artifacts.append(record.artifact)
         elif kind == "files":
             run.files += [f.path for f in record.files.files]
+        elif kind == "exit":
+            run.exit_code = record.exit.exit_code
     return run

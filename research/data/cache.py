@@ -2,13 +2,15 @@
 
 :func:`resolve_cache_mode` estimates the cache before anything is decoded (one full
 ``keep_size x keep_size x 3`` slot per image, an upper bound) and compares it with a
-memory budget; :class:`MmapImages` is the on-disk store. Only numpy here, so the config
-module can import the choices without importing torch.
+memory budget; :class:`MmapImages` is the on-disk store, its file reserved in full when it is
+made (a disk that is too small is an error at start, never a bus error mid-epoch). Only numpy here,
+so the config module can import the choices without importing torch.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -18,12 +20,40 @@ from pathlib import Path
 
 import numpy as np
 
+from research.errors import UserError
+
 log = logging.getLogger(__name__)
 
 CACHE_MODES: tuple[str, ...] = ("auto", "memory", "mmap", "stream")
 CACHE_ALIASES = {"true": "memory", "false": "stream"}  # the old boolean data.cache
 ARRAY_OVERHEAD_BYTES = 128  # per cached image in memory mode: the ndarray object itself
 DISK_HEADROOM = 1.1  # mmap needs the file size plus this margin free on the cache disk
+
+
+class CacheSpaceError(UserError, OSError):
+    """The memory-mapped image cache does not fit (or cannot be written) where ``data.cache_dir`` points."""
+
+
+ALTERNATIVES = (
+    "Set data.cache_dir to a folder on a disk with room, or use data.cache=stream (decode every epoch, no file) "
+    "or data.cache=memory"
+)
+
+
+def _size(size: float, *, up: bool = True) -> str:
+    """``size`` bytes for a message, in KiB under 1 MiB, else MiB: rounded up (what is needed) or down
+    (what is free), so a need is never shown as 0."""
+    unit, name = (2**10, "KiB") if size < 2**20 else (2**20, "MiB")
+    value = size / unit
+    return f"{math.ceil(value) if up else math.floor(value)} {name}"
+
+
+def _where(cache_dir: str | Path | None) -> str:
+    return f"data.cache_dir={cache_dir}" if cache_dir else f"the system temp dir {tempfile.gettempdir()} (data.cache_dir unset)"
+
+
+def _reason(err: OSError) -> str:
+    return os.strerror(err.errno) if err.errno else str(err)
 
 
 def _remove_if_owner(folder: str, owner_pid: int) -> None:
@@ -44,13 +74,33 @@ class MmapImages:
 
     def __init__(self, count: int, side: int, *, folder: str | Path | None = None, name: str = "images") -> None:
         self.side = side
-        if folder is not None:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        self.folder = tempfile.mkdtemp(prefix="research-cache-", dir=folder)
+        try:
+            if folder is not None:
+                Path(folder).mkdir(parents=True, exist_ok=True)
+            self.folder = tempfile.mkdtemp(prefix="research-cache-", dir=folder)
+        except OSError as err:
+            raise CacheSpaceError(f"cannot write the image cache in {_where(folder)}: {_reason(err)}. {ALTERNATIVES}") from None
         self._finalizer = weakref.finalize(self, _remove_if_owner, self.folder, os.getpid())
         self.path = os.path.join(self.folder, f"{name}.u8")
         self.shapes = np.zeros((count, 2), dtype=np.int32)
-        self._array: np.ndarray | None = self._open("w+")
+        self._allocate(count * side * side * 3)
+        self._array: np.ndarray | None = self._open("r+")
+
+    def _allocate(self, size: int) -> None:
+        """Reserve the whole file on disk now: a disk that is too small fails here with a clear error,
+        instead of a sparse file whose first write to a missing block kills the process (SIGBUS)."""
+        try:
+            with open(self.path, "wb") as fh:
+                if size and hasattr(os, "posix_fallocate"):
+                    os.posix_fallocate(fh.fileno(), 0, size)
+                else:
+                    fh.truncate(size)
+        except OSError as err:
+            self._finalizer()  # the folder and the partial file go at once
+            raise CacheSpaceError(
+                f"cannot write the image cache {self.path} ({_size(size)}) in {_where(Path(self.folder).parent)}: "
+                f"{_reason(err)}. {ALTERNATIVES}"
+            ) from None
 
     def _open(self, mode: str) -> np.ndarray:
         # A plain ndarray view of the map: slicing an np.memmap builds a memmap object each time (slower).
@@ -124,7 +174,8 @@ def normalize_cache_mode(cache: bool | str) -> str:
 
 
 def choose_cache_mode(
-    cache: bool | str, *, estimate_bytes: int, budget_bytes: int, disk_free_bytes: int | None
+    cache: bool | str, *, estimate_bytes: int, budget_bytes: int, disk_free_bytes: int | None,
+    cache_dir: str | Path | None = None,
 ) -> tuple[str, str]:
     """The cache mode to use and why. ``auto``: memory if the estimate fits the budget, else a
     memory-mapped file if the cache disk has room for it, else streaming from the files."""
@@ -133,9 +184,9 @@ def choose_cache_mode(
     if mode == "memory" and estimate_bytes > budget_bytes:
         return mode, "asked for, over the budget: the run may run out of memory"
     if mode == "mmap" and not fits_disk:
-        raise OSError(
-            f"data.cache=mmap needs {estimate_bytes / 2**20:.0f} MiB on the cache disk, only "
-            f"{(disk_free_bytes or 0) / 2**20:.0f} MiB free; set data.cache_dir to a bigger disk or data.cache=stream"
+        raise CacheSpaceError(
+            f"data.cache=mmap needs {_size(estimate_bytes * DISK_HEADROOM)} free on the cache disk "
+            f"({_where(cache_dir)}), only {_size(disk_free_bytes or 0, up=False)} are. {ALTERNATIVES}"
         )
     if mode != "auto":
         return mode, "asked for"
@@ -158,7 +209,9 @@ def resolve_cache_mode(
     disk = Path(cache_dir or tempfile.gettempdir()).expanduser()
     existing = next((p for p in (disk, *disk.parents) if p.is_dir()), None)
     free = shutil.disk_usage(existing).free if mode in ("auto", "mmap") and existing is not None else None
-    chosen, why = choose_cache_mode(mode, estimate_bytes=estimate, budget_bytes=budget, disk_free_bytes=free)
+    chosen, why = choose_cache_mode(
+        mode, estimate_bytes=estimate, budget_bytes=budget, disk_free_bytes=free, cache_dir=cache_dir
+    )
     where = f" in {disk}" if chosen == "mmap" else ""
     (log.warning if "over the budget:" in why else log.info)(
         "image cache: %s%s (%s): %d images x %dx%dx3 bytes ~ %.1f MiB, budget %.0f MiB (data.cache_budget_mb)",

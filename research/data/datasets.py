@@ -17,6 +17,7 @@ All three give the same pixels for the same index (one :func:`shrink_to`).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -25,15 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from research.data.cache import MmapImages, MmapView, normalize_cache_mode, resolve_cache_mode
-from research.data.classes import CANONICAL_CLASSES, map_folders
-from research.data.images import ImageDecodeError, is_image_path, load_image
+from research.data.classes import CANONICAL_CLASSES, map_folders, try_canonical_name
+from research.data.images import ImageDecodeError, is_image_path, load_image, shrink_to
 from research.errors import UserError
 from research.faces.factory import FaceCropStep
 
@@ -47,6 +47,7 @@ SPLIT_SPELLINGS: dict[str, tuple[str, ...]] = {
 }
 DEMO_ROOT = "demo"
 DECODE_CHUNK = 1024  # files in flight in the decode pass
+IMPORT_MANIFEST = "manifest.json"  # written by prepare-data (research.data.importers)
 
 
 class DatasetLayoutError(UserError, ValueError):
@@ -110,9 +111,8 @@ def carve_validation(
     else:
         rng = np.random.default_rng(seed)
         chosen = set()
-        for label in sorted(set(scan.targets)):
+        for label, take in _carve_counts(scan, fraction).items():
             members = [i for i, t in enumerate(scan.targets) if t == label]
-            take = min(max(round(len(members) * fraction), 1 if len(members) >= 2 else 0), len(members) - 1)
             chosen.update(int(i) for i in rng.permutation(members)[:take])
     pick = lambda keep: ([p for i, p in enumerate(scan.paths) if (i in chosen) == keep],  # noqa: E731
                          [t for i, t in enumerate(scan.targets) if (i in chosen) == keep])
@@ -124,9 +124,52 @@ def carve_validation(
     )
 
 
+def check_loose_files(folder: Path, files: Sequence[Path]) -> None:
+    """Files directly in a split folder, outside every class folder: one named like a class (``train/miedo``
+    as a file, e.g. an archive) is an error; images there are not used and a warning names them."""
+    for path in files:
+        label = None if is_image_path(path) else try_canonical_name(path.stem)
+        if label is not None:
+            raise DatasetLayoutError(
+                f"{path} is a file, not a class folder: the {label} images must be in a folder "
+                f"{path.parent / path.stem}/ (an archive? unpack it there). Replace the file with the folder, or remove it."
+            )
+    strays = [p.name for p in files if is_image_path(p)]
+    if strays:
+        log.warning(
+            "%s: %d image(s) directly in the split folder, outside every class folder, are not used: %s%s. "
+            "Move each into its class folder (e.g. %s/happy/).", folder, len(strays), ", ".join(strays[:5]),
+            " ..." if len(strays) > 5 else "", folder,
+        )
+
+
+def _carve_counts(scan: SplitScan, fraction: float) -> dict[int, int]:
+    """Validation images to carve per class: ``fraction`` of it, rounded, and at least one (so every class
+    is validated; the log says so when that raises the share); a class needs two images, one per split."""
+    counts = Counter(scan.targets)
+    single = [CANONICAL_CLASSES[c] for c, n in sorted(counts.items()) if n < 2]
+    if single:
+        raise DatasetLayoutError(
+            f"{scan.folder}: class(es) {single} have a single image, so data.val_fraction={fraction} cannot put one "
+            "in train and one in validation. Add images of them, remove their folders (with "
+            "data.require_all_classes=false), or give the dataset a validation/ folder (data.val_fraction=0)."
+        )
+    takes = {c: min(max(round(n * fraction), 1), n - 1) for c, n in sorted(counts.items())}
+    raised = [CANONICAL_CLASSES[c] for c, n in counts.items() if round(n * fraction) < 1]
+    if raised:
+        log.warning(
+            "data.val_fraction=%g rounds to no image for %s; one image of each was taken so every class is "
+            "validated (the validation share is therefore %.1f %%, not %g %%)",
+            fraction, ", ".join(sorted(raised)), 100 * sum(takes.values()) / len(scan.paths), 100 * fraction,
+        )
+    return takes
+
+
 def scan_split(folder: Path, split: str) -> SplitScan:
     """List class folders and image files of one split; checks the layout, decodes nothing."""
-    class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    class_dirs = [p for p in entries if p.is_dir()]
+    check_loose_files(folder, [p for p in entries if not p.is_dir()])
     if not class_dirs:
         raise DatasetLayoutError(
             f"{folder} has no class folders. Put each class's images in its own folder, "
@@ -150,16 +193,6 @@ def scan_split(folder: Path, split: str) -> SplitScan:
         scan.paths.extend(images)
         scan.targets.extend([label] * len(images))
     return scan
-
-
-def shrink_to(image: np.ndarray, longest: int | None) -> np.ndarray:
-    """Downscale so the longest side is ``longest`` (never upscales); area interpolation."""
-    if longest is None or max(image.shape[:2]) <= longest:
-        return image
-    h, w = image.shape[:2]
-    scale = longest / max(h, w)
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def decode_all(
@@ -390,6 +423,7 @@ def load_datasets(
     if str(root) == DEMO_ROOT:
         return _demo_bundle(size=demo_size, seed=seed, scale=demo_scale, face_crop=face_crop)
     root = Path(root).expanduser()
+    check_import_complete(root)
     (train_dir, train_scan), (val_dir, val_scan) = _scan_splits(
         root, val_fraction=val_fraction, val_split_seed=val_split_seed, val_files=val_files
     )
@@ -413,6 +447,24 @@ def load_datasets(
         root, len(train), train_dir.name, len(val), val_dir.name,
     )
     return DataBundle(train, val, root=str(root), name=root.name, synthetic=False, skipped=skipped_train + skipped_val)
+
+
+def check_import_complete(root: Path) -> None:
+    """Refuse a dataset that ``prepare-data`` was still writing when it stopped (its ``manifest.json``
+    says ``"complete": false``): some of its images are missing."""
+    manifest = root / IMPORT_MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # not a manifest prepare-data wrote; the folder is read like any other
+    if isinstance(data, dict) and data.get("complete") is False:
+        command = f"poetry run prepare-data {data.get('format', 'FORMAT')} {data.get('source', 'SRC')} {root}"
+        raise DatasetLayoutError(
+            f"{root} is an unfinished import: {manifest} says \"complete\": false (prepare-data stopped while writing "
+            f"it, so images are missing). Finish it with `{command}`, then train."
+        )
 
 
 def _demo_bundle(*, size: int, seed: int, scale: float, face_crop: FaceCropStep | None) -> DataBundle:
@@ -449,8 +501,11 @@ def _scan_splits(
     train_scan, val_scan = carve_validation(
         scan_split(train_dir, "train"), fraction=val_fraction, seed=val_split_seed, files=val_files
     )
+    total = len(train_scan.paths) + len(val_scan.paths)
+    per_class = Counter(CANONICAL_CLASSES[t] for t in val_scan.targets)
     log.info(
-        "validation split carved from %s: %d images (fraction %.2f, seed %d, stratified by class)",
-        train_dir, len(val_scan.paths), val_fraction, val_split_seed,
+        "validation split carved from %s: %d of %d images (%.1f %%; data.val_fraction=%g, seed %d, stratified: %s)",
+        train_dir, len(val_scan.paths), total, 100 * len(val_scan.paths) / max(total, 1), val_fraction, val_split_seed,
+        ", ".join(f"{name} {n}" for name, n in sorted(per_class.items())),
     )
     return (train_dir, train_scan), (train_dir, val_scan)

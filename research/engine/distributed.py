@@ -16,6 +16,9 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
+import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -75,6 +78,7 @@ class Distributed:
         if device.type == "cuda":
             device = torch.device("cuda", self.local_rank)
             torch.cuda.set_device(device)
+        exit_with_parent()
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         log.info("rank %d of %d on %s (%s)", self.rank, self.world_size, device, dist.get_backend())
@@ -169,6 +173,30 @@ class Distributed:
         all_logits = np.concatenate([p[1] for p in parts])[order]
         all_targets = np.concatenate([p[2] for p in parts])[order]
         return all_logits, all_targets, float(sum(p[3] for p in parts)), int(sum(p[4] for p in parts))
+
+
+PARENT_POLL_S = 1.0  # how often a torchrun worker checks that its launcher is alive
+PARENT_GRACE_S = 15.0  # then how long it may take to stop like Ctrl-C before it is ended outright
+
+
+def exit_with_parent(poll: float = PARENT_POLL_S, grace: float = PARENT_GRACE_S) -> threading.Thread:
+    """End this torchrun worker when its launcher dies (``kill -9`` of torchrun would otherwise leave every
+    worker training): a daemon thread notices the new parent, sends this process SIGTERM (which the CLI
+    handles like Ctrl-C: the run is marked interrupted), and ends it outright if it still runs ``grace``
+    seconds later (e.g. blocked in a collective). A launcher that stops normally ends its workers itself."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll)
+        log.error("the torchrun launcher (pid %d) is gone; stopping this worker (pid %d)", parent, os.getpid())
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(grace)
+        os._exit(128 + signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="exit-with-launcher", daemon=True)
+    thread.start()
+    return thread
 
 
 def _picklable(obj: object) -> bool:

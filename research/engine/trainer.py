@@ -230,11 +230,7 @@ class Trainer:
             loss = self.batch_loss(logits, targets, self.last_mix)
         if train:
             if not self.dist.all_true(bool(torch.isfinite(loss))):  # every rank stops, not only the one that saw it
-                raise NonFiniteLossError(
-                    f"training loss became {loss.item()} at epoch {self.state.epoch + 1}. Lower optim.lr "
-                    f"(now {self.optimizer.param_groups[0]['lr']:.2e}), set train.grad_clip=1.0, or check the "
-                    "input images. The last good checkpoint is last.pt of the previous epoch."
-                )
+                raise self.non_finite(f"training loss became {loss.item()}", "")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if self.grad_clip > 0:
@@ -247,6 +243,19 @@ class Trainer:
             if self.scheduler is not None and self.scheduler_interval == "step":
                 self.scheduler.step()
         return loss.detach(), logits.detach()
+
+    def non_finite(self, what: str, why: str) -> NonFiniteLossError:
+        """The one message for a loss that is NaN or infinite: the epoch, the fix, and what is saved."""
+        epoch = self.state.epoch + 1
+        saved = (
+            f"last.pt holds epoch {epoch - 1}, the last good one" if epoch > 1
+            else "no epoch finished, so no checkpoint was written"
+        )
+        peak = max(group.get("initial_lr", group["lr"]) for group in self.optimizer.param_groups)
+        return NonFiniteLossError(
+            f"{what} at epoch {epoch}{why}. Lower optim.lr (the peak learning rate is {peak:.2e}), set "
+            f"train.grad_clip=1.0, or check the input images; {saved}."
+        )
 
     def batch_loss(
         self, logits: torch.Tensor, targets: torch.Tensor, mix: tuple[torch.Tensor, float] | None = None,
@@ -305,7 +314,8 @@ class Trainer:
         mixed = train and (self.mixup_alpha > 0 or self.cutmix_alpha > 0)
         loss = loss_sum / max(seen, 1) if mixed else self.epoch_loss(logits_np, targets_np)
         if not math.isfinite(loss):
-            raise NonFiniteLossError(f"{desc or 'evaluation'} loss is {loss}: the model outputs are not finite")
+            what = "validation" if not train else "training"
+            raise self.non_finite(f"{what} loss became {loss}", " (the weights diverged in training)")
         metrics = compute_metrics(logits_np, targets_np, loss=loss, num_classes=logits_np.shape[1])
         return EpochOutput(metrics, logits_np, targets_np, seconds, seen)
 

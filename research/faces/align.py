@@ -77,8 +77,15 @@ def _load_models() -> tuple[Any, Any]:
     path = check_available()
     import dlib
 
+    try:
+        predictor = dlib.shape_predictor(str(path))
+    except RuntimeError as err:  # dlib's deserialisation error: a truncated or overwritten file
+        raise AlignUnavailableError(
+            f"the landmark model {path} is damaged ({err}); reinstall it with "
+            "`poetry run pip install --force-reinstall --no-deps face_recognition_models`, or use the Haar crop (haar)"
+        ) from None
     logger.debug("loaded dlib %s HOG detector and %s", getattr(dlib, "__version__", "?"), path)
-    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(path))
+    return dlib.get_frontal_face_detector(), predictor
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from research.data.datasets import (
     scan_split,
 )
 from research.data.images import ImageDecodeError, is_image_path, load_image
+from research.errors import check_writable
 from research.faces.align import LandmarkAligner
 from research.faces.factory import face_detector
 from research.faces.haar import HaarFaceCropper
@@ -132,6 +133,7 @@ def evaluate_run(
     paths, targets, layout = find_labelled_images(Path(data_dir), split, loaded.run.val_split_files())
     name = name or "-".join(x for x in (Path(data_dir).name, split, face if face != "raw" else "", "tta" if tta == "hflip" else "") if x)
     out_dir = Path(out) if out else loaded.run.evaluations / name
+    check_writable(out_dir)
     dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
     kept_targets: list[torch.Tensor] = []

@@ -30,6 +30,8 @@ IMAGE_WEIGHT = 0.5  # overlay = IMAGE_WEIGHT * image + (1 - IMAGE_WEIGHT) * heat
 SHEET_CELL = 160  # pixels per image in the Grad-CAM sheet
 SHEET_MAX_ROWS = 100  # a sheet shows at most this many images
 PNG = {"compress_level": 1}
+# The winner's caption, as the prediction panels colour their heading (matplotlib's tab:green / tab:red).
+RIGHT, WRONG, UNKNOWN = (44, 160, 44), (214, 39, 40), (0, 0, 0)
 
 
 class GradCamError(RuntimeError):
@@ -144,8 +146,10 @@ def plot_gradcam_sheet(by_mode: Mapping[str, Sequence[Mapping[str, Any]]], path:
     """All new images with their Grad-CAM, one row per image, per mode a model-input and a Grad-CAM cell.
 
     Records as :func:`research.inference.predict.predict_images` returns them (``image``, ``preprocessed``,
-    ``gradcam_overlay``, ``winner``, ``confidence``); an image a mode did not score (no face found,
-    no fallback) gets a grey "not scored" cell. At most ``SHEET_MAX_ROWS`` images.
+    ``gradcam_overlay``, ``winner``, ``confidence``, ``true``); an image a mode did not score (no face found,
+    no fallback) gets a grey "not scored" cell. Each winner is green when it equals the true label, red when
+    it does not, black when the label is unknown; the true label follows the image's name. At most
+    ``SHEET_MAX_ROWS`` images.
     """
     modes = list(by_mode)
     lookup = {m: {r["image"]: r for r in by_mode[m]} for m in modes}
@@ -168,7 +172,9 @@ def plot_gradcam_sheet(by_mode: Mapping[str, Sequence[Mapping[str, Any]]], path:
         draw.text((col_x[2 * i + 1] + SHEET_CELL // 2, head_h - 22), f"{mode}: Grad-CAM", fill="black", anchor="mt", font=_font(14))
     for row, name in enumerate(names):
         top = head_h + row * row_h
-        draw.text((gap, top + 4), _fit(draw, name, 2 * SHEET_CELL - 120), fill="black", font=_font(14))
+        true = next((lookup[m][name].get("true") for m in modes if name in lookup[m]), None)
+        label = name if true is None else f"{name} (true: {true})"
+        draw.text((gap, top + 4), _fit(draw, label, 2 * SHEET_CELL - 120), fill="black", font=_font(14))
         for i, mode in enumerate(modes):
             record = lookup[mode].get(name)
             if record is None or record.get("gradcam_overlay") is None:
@@ -176,7 +182,8 @@ def plot_gradcam_sheet(by_mode: Mapping[str, Sequence[Mapping[str, Any]]], path:
             else:
                 cells = [_cell(record["preprocessed"]), _cell(record["gradcam_overlay"])]
                 caption = f"{record['winner']} {record['confidence']:.2f}"
-                draw.text((col_x[2 * i + 1] + SHEET_CELL, top + 4), caption, fill=(200, 30, 30), anchor="ra", font=_font(14))
+                colour = UNKNOWN if true is None else (RIGHT if record["winner"] == true else WRONG)
+                draw.text((col_x[2 * i + 1] + SHEET_CELL, top + 4), caption, fill=colour, anchor="ra", font=_font(14))
             for cell, x in zip(cells, col_x[2 * i : 2 * i + 2], strict=True):
                 sheet.paste(cell, (x, top + label_h))
     path = Path(path)

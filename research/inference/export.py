@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from research.data.datasets import load_datasets
-from research.errors import InputFileError
+from research.errors import InputFileError, check_writable
 from research.inference.loaded import LoadedRun, load_run, predict_logits, preprocess
 from research.inference.model_file import (
     ExportParityError,
@@ -136,6 +136,7 @@ def export_run(
     images, source = check_images(loaded, None if images_dir is None else Path(images_dir))
     meta = model_metadata(loaded, checkpoint, epoch)
     out_path = Path(out) if out else loaded.run.path / "export" / FORMATS[fmt]
+    check_writable(out_path.parent)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     record = {**meta.to_dict(), "file": out_path.name, "export_format": fmt, "torch": torch.__version__}
     inputs = preprocess(loaded, images)

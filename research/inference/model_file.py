@@ -131,7 +131,50 @@ def read_onnx_metadata(path: str | Path) -> ModelMetadata:
             f"{path} keeps its weights in external files; `poetry run export` writes one self-contained file: "
             "export it again with `poetry run export --run RUN`"
         )
-    return ModelMetadata.from_dict({p.key: p.value for p in proto.metadata_props}, source=path)
+    meta = ModelMetadata.from_dict({p.key: p.value for p in proto.metadata_props}, source=path)
+    check_graph(proto.graph, meta, path)
+    return meta
+
+
+def _dims(value: Any) -> list[int | None]:
+    """An ONNX graph input's or output's shape; None for a dynamic (named or unknown) axis."""
+    return [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+
+
+def check_graph(graph: Any, meta: ModelMetadata, path: Path) -> None:
+    """The model graph takes what the metadata says (``(N, channels, image_size, image_size)`` under
+    ``input_name``) and gives one logit per class name: a file edited after export fails here, before
+    any image is scored or anything written."""
+    inputs = {v.name: _dims(v) for v in graph.input}
+    outputs = {v.name: _dims(v) for v in graph.output}
+    expected_in = [None, meta.channels, meta.image_size, meta.image_size]
+    problems = []
+    if meta.input_name not in inputs:
+        problems.append(f"no input named {meta.input_name!r} (inputs: {', '.join(inputs) or 'none'})")
+    elif not _fits(inputs[meta.input_name], expected_in):
+        problems.append(
+            f"input {_shape(inputs[meta.input_name])} but the metadata says {_shape(expected_in)} "
+            f"(channels={meta.channels}, image_size={meta.image_size})"
+        )
+    if meta.output_name not in outputs:
+        problems.append(f"no output named {meta.output_name!r} (outputs: {', '.join(outputs) or 'none'})")
+    elif not _fits(outputs[meta.output_name], [None, len(meta.class_names)]):
+        problems.append(
+            f"output {_shape(outputs[meta.output_name])} but the metadata names {len(meta.class_names)} classes"
+        )
+    if problems:
+        raise ExportedModelError(
+            f"{path}: the metadata does not match the model graph ({'; '.join(problems)}); the file was changed "
+            "after export. Export it again with `poetry run export --run RUN`"
+        )
+
+
+def _fits(dims: list[int | None], expected: list[int | None]) -> bool:
+    return len(dims) == len(expected) and all(d is None or e is None or d == e for d, e in zip(dims, expected, strict=True))
+
+
+def _shape(dims: list[int | None]) -> str:
+    return "(" + ", ".join("N" if d is None else str(d) for d in dims) + ")"
 
 
 class OnnxModel:

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from research import plots
 from research.data.classes import label_from_filename, try_canonical_name
 from research.data.images import ImageDecodeError, is_image_path, load_image
-from research.errors import InputFileError
+from research.errors import InputFileError, check_writable
 from research.faces.factory import FaceDetector, face_detector
 from research.faces.geometry import NoFaceFoundError
 from research.faces.settings import MODES, resolve_mode
@@ -33,6 +33,7 @@ from research.inference.loaded import (
     predict_arrays,
     training_wandb_run,
 )
+from research.tracking.claim import PREDICT, FolderClaim
 from research.tracking.names import safe_name
 from research.tracking.runs import RunFolder, write_json
 from research.tracking.wandb_log import WandbRun
@@ -204,9 +205,25 @@ def predict_folder(
     images, skipped = read_new_images(images_dir)
     out_root = Path(out) if out else loaded.predictions_dir
     assert out_root is not None
+    check_writable(out_root)
     if gradcam and loaded.run is None:
         log.info("no Grad-CAM for an exported model (it has no gradients); score with --run for Grad-CAM")
         gradcam = False
+    # One predict at a time per output folder: another one writing (and reading back) the same panels
+    # would mix two sets of files; the second stops with exit code 2 before it writes anything.
+    claim = FolderClaim.acquire(out_root, PREDICT)
+    try:
+        return _predict_into(loaded, images, skipped, croppers, out_root, face=face, checkpoint=checkpoint,
+                             images_dir=images_dir, wandb_run=wandb_run, gradcam=gradcam)
+    finally:
+        claim.release()
+
+
+def _predict_into(
+    loaded: LoadedRun, images: list[NewImage], skipped: list[str], croppers: dict[str, FaceDetector], out_root: Path, *,
+    face: str, checkpoint: str, images_dir: str | Path, wandb_run: WandbRun | None, gradcam: bool,
+) -> dict[str, Any]:
+    """:func:`predict_folder`'s work, in its claimed output folder."""
     by_mode = {
         mode: predict_images(loaded, images, mode=mode, cropper=croppers.get(mode), out_dir=out_root / mode, gradcam=gradcam)
         for mode in MODES[resolve_mode(face)]

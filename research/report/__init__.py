@@ -17,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from research.errors import check_writable
 from research.report.collect import (
     NoRunsError,
     RunRecord,
@@ -50,8 +51,9 @@ def report_cli(
     compare_across_datasets: bool = False,
 ) -> Path:
     """``poetry run report``: collect runs (folders, or W&B with ``wandb_path``), write the markdown."""
-    run_set = collect_wandb_runs(wandb_path) if wandb_path else collect_runs(run_paths)
     out = Path(out)
+    check_writable(out.parent)
+    run_set = collect_wandb_runs(wandb_path) if wandb_path else collect_runs(run_paths)
     markdown = build_report(
         run_set, out, title=title, include_new_image_figures=include_new_image_figures,
         compare_across_datasets=compare_across_datasets,

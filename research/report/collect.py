@@ -10,7 +10,6 @@ per-class metrics, new-image predictions, evaluations, display label). Sweep fol
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import zipfile
 from collections import Counter
@@ -206,8 +205,8 @@ def _read_optional_yaml(path: Path) -> Any:
         return None
     try:
         return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        log.warning("%s is not valid YAML (%s); left out of the report", path, err)
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: not UTF-8 text (a binary file)
+        log.warning("%s is not valid YAML (%s); left out of the report", path, _first_line(err))
         return None
 
 
@@ -216,24 +215,64 @@ def _read_optional_json(path: Path) -> Any:
         return None
     try:
         return read_json(path)
-    except json.JSONDecodeError as err:
-        log.warning("%s is not valid JSON (%s); left out of the report", path, err)
+    except ValueError as err:  # JSONDecodeError, or UnicodeDecodeError for a binary file
+        log.warning("%s is not valid JSON (%s); left out of the report", path, _first_line(err))
         return None
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).splitlines() or [type(err).__name__])[0][:160]
+
+
+# Fields of summary.json that must be JSON objects for the report to read the run.
+SUMMARY_OBJECTS = ("dataset", "best", "final", "env", "wandb")
+
+
+def _summary_problem(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """summary.json's content, or why the report cannot read it (empty, truncated, not JSON, not a summary)."""
+    if not path.exists():
+        return None, "no summary.json"
+    try:
+        data = read_json(path)
+    except ValueError as err:
+        return None, f"damaged summary.json: not valid JSON ({_first_line(err)})"
+    if not isinstance(data, dict) or not data:
+        return None, f"damaged summary.json: a JSON {type(data).__name__}, not a run summary"
+    wrong = [k for k in SUMMARY_OBJECTS if data.get(k) is not None and not isinstance(data[k], dict)]
+    if wrong:
+        return None, f"damaged summary.json: {', '.join(wrong)} not a JSON object"
+    return data, None
+
+
+def _config_or_problem(path: Path) -> Any:
+    """config.yaml's content (None when missing: older runs), or why the report cannot read it."""
+    if not path.exists():
+        return None
+    try:
+        config = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, ValueError) as err:  # ValueError: not UTF-8 text (a binary file)
+        return f"damaged config.yaml: not valid YAML ({_first_line(err)})"
+    return config if config is None or isinstance(config, dict) else "damaged config.yaml: not a mapping of settings"
+
+
 def load_run_record(folder: Path) -> RunRecord:
-    """Everything the report uses from one run folder; optional files may be missing."""
+    """Everything the report uses from one run folder; optional files may be missing. A run whose
+    summary.json is missing or damaged gets that as its status (the report skips it and says why)."""
     run = RunFolder(folder)
-    data = run.read_summary()
-    if not data:
-        return RunRecord(run_id=run.run_id, status="no summary.json", path=run.path)
+    data, problem = _summary_problem(run.summary_path)
+    if data is None:
+        return RunRecord(run_id=run.run_id, status=str(problem), path=run.path)
     record = RunRecord.of(RunSummary.from_dict(data, run_id=run.run_id), path=run.path)
     if record.status == "finished" and not record.best:
         record.status = "finished without best metrics"
     if not record.finished:
         return record
+    config = _config_or_problem(run.config_path)
+    if isinstance(config, str):
+        record.status = config
+        return record
     record.history = run.read_history()
-    record.config = flat_config(_read_optional_yaml(run.config_path))
+    record.config = flat_config(config)
     record.val_predictions = read_val_predictions(run.val_predictions)
     record.confusion = _read_optional_json(run.path / "confusion_counts.json")
     record.per_class = _read_optional_json(run.path / "per_class.json")
@@ -299,7 +338,7 @@ def collect_runs(run_paths: Sequence[str | Path]) -> RunSet:
     runs = [r for r in records if r.finished]
     skipped = [r for r in records if not r.finished]
     for record in skipped:
-        log.warning("skipping run %s: status %s", record.run_id, record.status)
+        log.warning("skipping run %s (%s): %s", record.run_id, record.path, record.status)
     where = ", ".join(str(p) for p in run_paths) or "(no path given)"
     if not runs and not any(s.trials or s.runs for s in sweeps):
         extra = f" (skipped: {skipped_text(skipped)})" if skipped else ""
@@ -402,4 +441,8 @@ def wandb_sweeps(raw_runs: Sequence[dict[str, Any]]) -> list[SweepRecord]:
 
 
 def skipped_text(skipped: Sequence[RunRecord]) -> str:
-    return ", ".join(f"`{r.run_id}` ({r.status})" for r in skipped)
+    """``run-id (why)``, with the folder when it is not named after the run (a copied folder, say)."""
+    return ", ".join(
+        f"`{r.run_id}` ({r.status}{f'; folder {r.path}' if r.path is not None and r.path.name != r.run_id else ''})"
+        for r in skipped
+    )

@@ -54,7 +54,7 @@ def conclusions(runs: Sequence[RunRecord]) -> list[str]:
             if fact
         ]
         if facts:
-            lines.append(f"- **{record.label}** (`{record.run_id}`):")
+            lines.append(f"- **{record.model}** (`{record.run_id}`):")
             lines += [f"  - {fact}" for fact in facts]
     return lines
 

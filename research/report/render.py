@@ -93,12 +93,23 @@ def _synthetic_note(runs: Sequence[RunRecord]) -> list[str]:
 
 
 def _dataset_kind(record: RunRecord) -> str:
-    return "SYNTHETIC demo data" if record.synthetic else "real images"
+    """``SYNTHETIC demo data`` or ``real images``; empty when the dataset's name already says it is synthetic
+    (the demo set is called "synthetic demo data": no title says it twice)."""
+    if record.synthetic:
+        return "" if "synthetic" in record.dataset.name.lower() else "SYNTHETIC demo data"
+    return "real images"
+
+
+def _synthetic_suffix(record: RunRecord) -> str:
+    """`` (SYNTHETIC demo data)`` after a synthetic dataset's name, unless the name says so already."""
+    kind = _dataset_kind(record) if record.synthetic else ""
+    return f" ({kind})" if kind else ""
 
 
 def _dataset_text(record: RunRecord) -> str:
     """``NAME (SYNTHETIC demo data)`` or ``NAME (real images)``: which data a run was trained on."""
-    return f"{record.dataset.name} ({_dataset_kind(record)})"
+    kind = _dataset_kind(record)
+    return f"{record.dataset.name} ({kind})" if kind else record.dataset.name
 
 
 def _slug(text: str) -> str:
@@ -153,7 +164,7 @@ def _header(title: str, run_set: RunSet, generated: datetime, compare_across_dat
         sweeps = ", ".join(f"`{s.sweep_id}` ({len(s.trials)} trial(s))" for s in run_set.sweeps)
         lines.append(f"- Sweeps (summarised per sweep, not ranked with the single runs): {sweeps}")
     if run_set.skipped:
-        lines.append(f"- Skipped runs (not finished): {skipped_text(run_set.skipped)}")
+        lines.append(f"- Skipped runs (not finished, or unreadable): {skipped_text(run_set.skipped)}")
     if runs:
         lines += ["- Pretrained weights per run:"]
         lines += [f"  - `{r.run_id}` ({r.model}): {r.pretrained}" for r in runs]
@@ -171,12 +182,13 @@ def _dataset_heading(group: Sequence[RunRecord]) -> str:
     """``NAME (real images, 700 train / 200 validation)`` for the runs of one dataset."""
     first = group[0]
     sizes = _sizes(group)
-    text = f"{first.dataset.name} ({_dataset_kind(first)}"
+    parts = [_dataset_kind(first)]
     if len(sizes) == 1:
-        text += f", {sizes[0][0]} train / {_or_na(sizes[0][1])} validation"
+        parts.append(f"{sizes[0][0]} train / {_or_na(sizes[0][1])} validation")
     elif sizes:
-        text += ", train / validation sizes differ: " + ", ".join(f"{t} / {_or_na(v)}" for t, v in sizes)
-    return text + ")"
+        parts.append("train / validation sizes differ: " + ", ".join(f"{t} / {_or_na(v)}" for t, v in sizes))
+    parts = [p for p in parts if p]
+    return f"{first.dataset.name} ({', '.join(parts)})" if parts else first.dataset.name
 
 
 def _dataset_section(group: Sequence[RunRecord], figures: _Figures, chart_name: str) -> list[str]:
@@ -190,9 +202,7 @@ def _dataset_section(group: Sequence[RunRecord], figures: _Figures, chart_name: 
             "validation scores are comparable only if they used the same validation images.",
             "",
         ]
-    title = f"{name}: validation metrics at the best epoch" + (
-        " (SYNTHETIC demo data)" if group[0].synthetic else ""
-    )
+    title = f"{name}: validation metrics at the best epoch{_synthetic_suffix(group[0])}"
     lines += [f"### Comparison on {name}", ""]
     lines += _comparison_table(group, figures, chart_name, title, with_dataset=False)
     lines += _per_class(group_runs(group), name)
@@ -257,9 +267,9 @@ def _comparison_table(
     for g in groups:
         r = g.best_run
         rows.append([
-            g.label if g.n > 1 else r.model,
+            g.label,
             ", ".join(f"`{run.run_id}`" for run in g.runs),
-            *([r.dataset.name + (" (SYNTHETIC)" if r.synthetic else "")] if with_dataset else []),
+            *([r.dataset.name + _synthetic_suffix(r)] if with_dataset else []),
             r.pretrained,
             r.mode,
             g.n,
@@ -422,7 +432,7 @@ def _per_model(runs: Sequence[RunRecord], figures: _Figures, cards: Mapping[str,
         return []
     lines = ["## Per model", ""]
     for record in runs:
-        lines += [f"### {record.label} (`{record.run_id}`)", "", f"Trained on {_dataset_text(record)}.", ""]
+        lines += [f"### {record.model} (`{record.run_id}`)", "", f"Trained on {_dataset_text(record)}.", ""]
         if record.key in cards:
             lines += [f"Model card: [{MODEL_CARDS}/{cards[record.key].name}]({_link(cards[record.key], figures.report_dir)})", ""]
         if record.synthetic:
@@ -456,7 +466,7 @@ def _new_images(runs: Sequence[RunRecord], figures: _Figures, include_figures: b
         images = sorted({name for m in modes for name in by_mode[m]})
         source = Path(str((record.comparison or {}).get("images_dir", ""))).name
         lines += [
-            f"### {record.label} (`{record.run_id}`)" + (f" on `{source}`" if source else ""),
+            f"### {record.model} (`{record.run_id}`)" + (f" on `{source}`" if source else ""),
             "",
             f"Model trained on {_dataset_text(record)}.",
             "",
@@ -553,7 +563,7 @@ def _evaluations(runs: Sequence[RunRecord]) -> list[str]:
                 if m is None
                 else f"{_f(m.get('acc'))} / {_f(m.get('macro_f1'))} (n={m.get('images', '?')})"
             )
-        rows.append([record.label, f"`{record.run_id}`", _dataset_text(record), *cells])
+        rows.append([record.model, f"`{record.run_id}`", _dataset_text(record), *cells])
     lines += _table(["model", "run", "trained on", *names], rows) + [""]
     for name in names:
         first = next(r.evaluations[name] for r in evaluated if name in r.evaluations)
@@ -574,7 +584,7 @@ def _reproducibility(runs: Sequence[RunRecord], figures: _Figures) -> list[str]:
     lines = ["## Reproducibility", ""]
     for record in runs:
         env = record.env or {}
-        lines += [f"- **{record.label}** (`{record.run_id}`)", f"  - dataset: {_dataset_text(record)}, root `{record.dataset.root}`"]
+        lines += [f"- **{record.model}** (`{record.run_id}`)", f"  - dataset: {_dataset_text(record)}, root `{record.dataset.root}`"]
         if record.path is not None:
             config = figures.copy(record.key, record.path / "config.yaml", "config.yaml")
             lines += [

@@ -149,24 +149,24 @@ def _label(groups: Sequence[RunGroup]) -> None:
     for group in groups:
         models.setdefault(group.model, []).append(group)
     for group in groups:
-        if group.n == 1:
-            group.label = group.best_run.label or group.model
-            continue
         same = models[group.model]
-        if len(same) == 1:
+        if len(same) == 1:  # the model names the row, whether it holds one run or several seeds
             group.label = group.model
             continue
+        if not group.best_run.config:  # a run saved without config.yaml: its id tells it apart
+            group.label = f"{group.model} ({group.best_run.run_id})"
+            continue
         defaults = _schema_defaults()  # a key older runs lack counts as its default, as in config_key
-        configs = [{**defaults, **g.best_run.config} if g.best_run.config else {} for g in same]
+        configs = [{**defaults, **g.best_run.config} for g in same if g.best_run.config]
         differ = sorted(
             key
             for key in {k for c in configs for k in c}
             if key not in IGNORED_KEYS and not key.startswith(IGNORED_PREFIXES)
             and len({repr(c.get(key)) for c in configs}) > 1
         )
-        mine = configs[same.index(group)]
+        mine = {**defaults, **group.best_run.config}
         shown = ", ".join(f"{k}={mine.get(k)}" for k in differ[:3])
-        group.label = f"{group.model} ({shown})" if shown else group.best_run.run_id
+        group.label = f"{group.model} ({shown or group.best_run.run_id})"
 
 
 # --- bootstrap ----------------------------------------------------------------------------

@@ -11,13 +11,16 @@ holds every file.
 from __future__ import annotations
 
 import logging
+import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from research.tracking.runs import RunFolder, write_json
+from research.errors import UserError, cannot_write
+from research.tracking.claim import LOCK_NAME, FolderClaim
+from research.tracking.runs import RunExistsError, RunFolder, write_json
 from research.tracking.summary import FINISHED, RunSummary
 from research.tracking.wandb_log import WandbRun
 
@@ -45,11 +48,10 @@ class RunRecorder:
         self.enabled = enabled
 
     def start(self, config_yaml: str, val_split: Mapping[str, Any] | None, val_files: Sequence[str]) -> None:
-        """Make the folder and write ``config.yaml`` (and ``val_split.json`` for a carved validation split):
-        only now, after every input was read, so a failed start leaves nothing behind."""
+        """Write ``config.yaml`` (and ``val_split.json`` for a carved validation split) into the claimed
+        folder (:func:`claim_run_folder`)."""
         if not self.enabled:
             return
-        self.run.path.mkdir(parents=True, exist_ok=True)
         self.run.write_text("config.yaml", config_yaml)
         if val_split is not None:  # the same validation images on resume, in evaluate and in the report
             write_json(self.run.val_split_path, {**val_split, "files": list(val_files)})
@@ -105,3 +107,45 @@ class RunRecorder:
             self.wandb.finish(exit_code=exit_code)
         except Exception as err:  # the W&B record must not hide why the run ended
             log.error("W&B could not close the run: %s", err)
+
+
+def claim_run_folder(run: RunFolder, *, fresh: bool) -> FolderClaim:
+    """Claim the run folder (:mod:`research.tracking.claim`; made if needed) for this process, before W&B
+    or anything else writes there: only now, after every input was read, so a failed start leaves nothing
+    behind. A ``fresh`` (not resumed) run refuses a folder that holds a finished epoch and clears what an
+    earlier failed start left; the claim makes that check and the clearing safe against another training
+    started into the same folder at the same time."""
+    try:
+        claim = FolderClaim.acquire(run.path)
+    except OSError as err:
+        if isinstance(err, UserError) or not err.errno:
+            raise
+        raise cannot_write(run.path, err) from None
+    try:
+        if fresh:
+            refuse_finished(run)
+            clear_leftovers(run)
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def refuse_finished(run: RunFolder) -> None:
+    """A new run never writes over a folder that holds a completed epoch (``last.pt`` or ``best.pt``)."""
+    if run.last_path.exists() or run.best_path.exists():
+        raise RunExistsError(
+            f"run folder {run.path} exists; choose another run.name or resume it with run.resume={run.path}"
+        )
+
+
+def clear_leftovers(run: RunFolder) -> None:
+    """Remove what a start that failed before its first epoch left in the folder (the claim stays)."""
+    leftovers = [p for p in run.path.iterdir() if p.name != LOCK_NAME]
+    if leftovers:
+        log.info("run folder %s holds no completed epoch (an earlier start failed); starting it afresh", run.path)
+    for path in leftovers:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

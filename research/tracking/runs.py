@@ -12,6 +12,7 @@ half-written history or checkpoint behind.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import math
@@ -27,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from research.errors import UserError
+from research.errors import OutputWriteError, UserError, cannot_write  # noqa: F401 (OutputWriteError: re-exported)
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -59,10 +60,6 @@ class UnsafeCheckpointError(CheckpointError):
 LEGACY_CHECKPOINT_GLOBALS = (np._core.multiarray.scalar, np.dtype, np.dtypes.Float64DType)
 
 
-class OutputWriteError(UserError, OSError):
-    """An output file could not be written (disk full, read-only folder); nothing half-written is left."""
-
-
 def _atomic_write(path: Path, write: Any) -> None:
     """Write through a temp file and rename; on any failure the temp file is removed and the old
     file (if any) stays as it was."""
@@ -72,12 +69,9 @@ def _atomic_write(path: Path, write: Any) -> None:
         write(tmp)
         os.replace(tmp, path)
     except OSError as err:
-        tmp.unlink(missing_ok=True)
-        reason = os.strerror(err.errno) if err.errno else str(err)
-        raise OutputWriteError(
-            err.errno, f"cannot write {path}: {reason}. Free disk space or make the folder writable, then "
-            "resume or rerun (finished files are intact)"
-        ) from None
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise cannot_write(path, err) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -126,7 +120,8 @@ def read_checkpoint(path: Path, *, summary: Path | None = None) -> dict[str, Any
     path = Path(path)
     if not path.exists():
         hint = f" (see {summary})" if summary is not None else ""
-        raise CheckpointError(f"{path} not found: the run did not finish an epoch{hint}")
+        rerun = f"; there is nothing to resume: rerun {_started_by(summary)}" if path.name == "last.pt" else ""
+        raise CheckpointError(f"{path} not found: the run did not finish an epoch{hint}{rerun}")
     try:
         ckpt = load_torch_file(path)
     except UnsafeCheckpointError:
@@ -140,6 +135,15 @@ def read_checkpoint(path: Path, *, summary: Path | None = None) -> dict[str, Any
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise CheckpointError(f"{path} is not a checkpoint of this package (no model weights). " + _checkpoint_way_out(path))
     return ckpt
+
+
+def _started_by(summary: Path | None) -> str:
+    """The command that started a run (from its summary.json), for "rerun ..." messages."""
+    try:
+        command = read_json(summary).get("command") if summary is not None and summary.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        command = None
+    return f"the same command (`{command}`)" if command else "the same command"
 
 
 def _checkpoint_way_out(path: Path) -> str:

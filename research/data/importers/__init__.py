@@ -35,11 +35,13 @@ from research.data.importers.common import (
     Importer,
     ImportOptions,
     ImportResult,
+    check_source_file,
 )
 from research.data.importers.fer2013 import FER2013_EMOTIONS, Fer2013Importer
 from research.data.importers.ferplus import FERPLUS_VOTES, FerPlusImporter, ferplus_winner
 from research.data.importers.filenames import JAFFE_CODES, FilenamesImporter, jaffe_label
 from research.data.importers.rafdb import RAFDB_LABELS, RafDbImporter
+from research.errors import check_writable
 
 __all__ = [
     "AFFECTNET_IDS", "FER2013_EMOTIONS", "FERPLUS_VOTES", "FORMATS", "IMPORTERS", "JAFFE_CODES", "RAFDB_LABELS",
@@ -103,6 +105,8 @@ def import_dataset(
         raise DatasetImportError(f"SRC {src_path} does not exist.")
     if dest_path == src_path or src_path in dest_path.parents:
         raise DatasetImportError(f"DEST {dest_path} is inside SRC {src_path}: choose a DEST outside the source.")
+    check_source_file(src_path, fmt, IMPORTERS[fmt].expects)
+    check_writable(dest_path)
     importer = IMPORTERS[fmt](src_path, opts)
     identity = {"format": fmt, "source": str(importer.source())}
     options = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(opts).items() if k in importer.options}
@@ -126,11 +130,26 @@ def import_dataset(
     plan.files.sort(key=lambda f: f.relpath)
     manifest = writer.build_manifest(identity, options, fingerprint, plan)
     previous = dict(old.get("files", {})) if old is not None else {}
-    written, unchanged, removed = writer.write_files(dest_path, plan, manifest, previous)
+    try:
+        written, unchanged, removed = writer.write_files(dest_path, plan, manifest, previous)
+    except KeyboardInterrupt:
+        log.warning("%s", _interrupted_message(dest_path, done=len(manifest["files"]), total=len(plan.files)))
+        raise
 
     manifest_changed = _finish(dest_path, manifest, fmt=fmt, source=identity["source"], counts=(written, unchanged, removed))
     up_to_date = not (written or removed or manifest_changed)
     return ImportResult(dest_path, manifest, written=written, unchanged=unchanged, removed=removed, up_to_date=up_to_date)
+
+
+def _interrupted_message(dest: Path, *, done: int, total: int) -> str:
+    """What an import stopped while writing left in DEST, and how to go on."""
+    if not (dest / MANIFEST).is_file() or writer.read_manifest(dest).get("complete", True):
+        return f"import interrupted before anything in {dest} changed; rerun the same command to import"
+    return (
+        f"import interrupted: {dest} holds {done} of {total} files, and its {MANIFEST} says \"complete\": false, so "
+        "training refuses it. Rerun the same command to finish (files already written are checked, not written "
+        f"again), or delete {dest}"
+    )
 
 
 def _up_to_date(

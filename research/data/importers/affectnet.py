@@ -33,6 +33,7 @@ class AffectNetImporter(FolderImporter):
     """AffectNet as class-id folders ``SRC/<split>/<id>/`` (or English class names); splits train, val."""
 
     name = "affectnet"
+    expects = "the AffectNet folder (train/<id or class>/, val/<id or class>/)"
 
     def plan(self) -> ImportPlan:
         contempt = contempt_folder(self.opts.contempt)

@@ -173,6 +173,33 @@ def class_folder(label: str, contempt: str | None, items: Items, origin: str) ->
     return contempt
 
 
+ARCHIVE_MAGIC = (
+    (b"PK\x03\x04", "zip archive", "unzip FILE"), (b"\x1f\x8b", "gzip-compressed file (.tar.gz?)", "tar -xzf FILE"),
+    (b"BZh", "bzip2-compressed file (.tar.bz2?)", "tar -xjf FILE"), (b"\xfd7zXZ\x00", "xz-compressed file (.tar.xz?)", "tar -xJf FILE"),
+    (b"7z\xbc\xaf\x27\x1c", "7-Zip archive", "7z x FILE"), (b"Rar!", "RAR archive", "unrar x FILE"),
+)
+
+
+def check_source_file(src: Path, fmt: str, expects: str) -> None:
+    """SRC given as an archive or an image file: say what it is and what the format expects (reading it as
+    a CSV would fail with a decoding error)."""
+    if not src.is_file():
+        return
+    with src.open("rb") as fh:
+        head = fh.read(512)
+    found = next(((what, how) for magic, what, how in ARCHIVE_MAGIC if head.startswith(magic)), None)
+    if found is None and len(head) >= 262 and head[257:262] == b"ustar":
+        found = ("tar archive", "tar -xf FILE")
+    if found is not None:
+        what, how = found
+        raise DatasetImportError(
+            f"SRC {src} is a {what}; {fmt} expects {expects}. Unpack it first (`{how.replace('FILE', str(src))}`) "
+            "and pass what it holds."
+        )
+    if is_image_path(src) or image_problem(src) is None:
+        raise DatasetImportError(f"SRC {src} is an image file; {fmt} expects {expects}.")
+
+
 def find_file(src: Path, name: str, what: str) -> Path:
     """``src`` itself when it is a file, else ``src/name`` or ``src/*/name``."""
     if src.is_file():
@@ -188,8 +215,19 @@ def find_file(src: Path, name: str, what: str) -> Path:
 def iter_csv(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str], str | None]]:
     """Data rows of a CSV as ``(line number, {lower-case column: value}, problem)``; blank lines skipped.
 
-    ``problem`` is set when the row has the wrong number of columns.
+    ``problem`` is set when the row has the wrong number of columns. A file that is not UTF-8 text
+    (an archive, an image) is a :class:`DatasetImportError`.
     """
+    try:
+        yield from _csv_rows(path, required)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise DatasetImportError(
+            f"{path} is not a text CSV ({err}); expected columns {', '.join(required)}. Pass the CSV itself "
+            "(unpacked, not an archive) or the folder holding it."
+        ) from None
+
+
+def _csv_rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str], str | None]]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -243,6 +281,7 @@ class Importer:
     """One source format: where its inputs are, their fingerprint, and the plan."""
 
     name = ""
+    expects = ""  # what SRC must be, for messages
     options: tuple[str, ...] = ("bad_rows",)
 
     def __init__(self, src: Path, opts: ImportOptions) -> None:

@@ -45,6 +45,7 @@ class Fer2013Importer(Importer):
     """FER2013 ``emotion,pixels,Usage`` CSV; each row becomes a 48x48 grayscale PNG ``fer%07d.png``."""
 
     name = "fer2013"
+    expects = "FER2013's CSV (fer2013.csv: emotion,pixels,Usage) or the folder holding it"
 
     def inputs(self):
         return [find_file(self.src, "fer2013.csv", "FER2013 CSV")], []

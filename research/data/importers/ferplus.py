@@ -49,6 +49,7 @@ class FerPlusImporter(Importer):
     """
 
     name = "ferplus"
+    expects = "a folder holding fer2013.csv and FERPlus's fer2013new.csv (or fer2013.csv with --labels)"
     options = ("bad_rows", "contempt", "labels")
 
     def inputs(self):

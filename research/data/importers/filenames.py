@@ -50,6 +50,7 @@ class FilenamesImporter(FolderImporter):
     """
 
     name = "filenames"
+    expects = "a folder of JAFFE-style named images and/or CK+-style class folders"
     options = ("bad_rows", "contempt", "val_fraction", "seed")
 
     def plan(self) -> ImportPlan:

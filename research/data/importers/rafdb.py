@@ -26,6 +26,7 @@ class RafDbImporter(Importer):
     """RAF-DB basic: ``EmoLabel/list_patition_label.txt`` + ``Image/aligned/<name>_aligned.jpg``."""
 
     name = "rafdb"
+    expects = "the RAF-DB basic folder (EmoLabel/list_patition_label.txt, Image/aligned/)"
 
     def inputs(self):
         labels = self.src / "EmoLabel" / "list_patition_label.txt"
