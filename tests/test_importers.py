@@ -462,4 +462,4 @@ def test_registered_as_command():
 
     pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
     assert pyproject["project"]["scripts"]["prepare-data"] == "research.cli:prepare_data_main"
-    assert COMMANDS["prepare-data"] is prepare_data_main
+    assert COMMANDS["prepare-data"][0] is prepare_data_main

@@ -189,6 +189,18 @@ def table_rows(markdown: str, first_cell: str) -> list[str]:
     return [line for line in markdown.splitlines() if line.startswith(f"| {first_cell} |")]
 
 
+def row_cells(markdown: str, first_cell: str) -> dict[str, str]:
+    """The first table row that starts with ``first_cell``, as {column header: cell}: tests read cells by
+    name, so a new column does not shift what they check."""
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"| {first_cell} |"):
+            header = next(lines[j - 1] for j in range(i, 0, -1) if lines[j].startswith("|---"))
+            names = [c.strip() for c in header.strip("|").split("|")]
+            return dict(zip(names, (c.strip() for c in line.strip("|").split("|")), strict=True))
+    raise AssertionError(f"no table row starts with {first_cell!r}")
+
+
 def section(markdown: str, heading: str) -> str:
     """The text under ``heading`` up to the next ``## `` heading."""
     assert heading in markdown, heading
@@ -425,7 +437,7 @@ def test_wandb_sweep_runs_are_reported_with_their_sweep(monkeypatch, tmp_path: P
     monkeypatch.setattr(wandb, "Api", api)
     markdown = report_cli([], tmp_path / "results.md", wandb_path="me/fer-research").read_text()
     assert api.asked == [("me/fer-research", {"state": "finished"})]
-    demo = section(markdown, "## Dataset: synthetic demo data (SYNTHETIC demo data, 100 train / 50 validation)")
+    demo = section(markdown, "## Dataset: synthetic demo data (100 train / 50 validation)")
     assert len(table_rows(demo, "resnet18")) == 1 and "bright-sun-1" not in demo and "calm-sea-2" not in demo
     sweeps = markdown.split("### Sweep `abc123`", 1)[1]
     assert f"- On W&B: [{config['name']}](https://wandb.ai/me/fer-research/sweeps/abc123)" in sweeps

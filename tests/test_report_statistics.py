@@ -21,7 +21,7 @@ from research.inference.evaluation import evaluate_scores, write_predictions
 from research.report import report_cli
 from research.tracking.runs import RunFolder, read_json, write_json
 from tests.conftest import FAST
-from tests.test_report import make_run, section, table_rows
+from tests.test_report import make_run, row_cells, section, table_rows
 
 # 70 validation images: 14 anger, 6 disgust, 10 of every other class, in this fixed order.
 TARGETS = np.array([0] * 14 + [1] * 6 + [c for c in range(2, 7) for _ in range(10)])
@@ -72,21 +72,21 @@ def test_repeated_runs_share_a_row_with_mean_std_and_a_deterministic_ci(repeated
     real = section(markdown, SECTION)
     group = table_rows(real, "resnet18 (optim.lr=0.001)")
     assert len(group) == 1  # three seeds of one config: one row
-    cells = [c.strip() for c in group[0].strip("|").split("|")]
-    assert cells[1] == "`r18-s42`, `r18-s43`, `r18-s44`"
-    assert cells[4] == "3"  # n seeds
+    cells = row_cells(real, "resnet18 (optim.lr=0.001)")
+    assert cells["run"] == "`r18-s42`, `r18-s43`, `r18-s44`"
+    assert cells["n seeds"] == "3"
     accs = [acc(w) for w in SEEDS_A.values()]
     mean, std = np.mean(accs), np.std(accs, ddof=1)
-    assert cells[6] == f"{mean:.3f} ± {std:.3f}"  # val acc: mean ± sample std
+    assert cells["val acc"] == f"{mean:.3f} ± {std:.3f}"  # mean ± sample std
     # The other learning rate is another configuration: its own row, one run, its value as is.
     single = table_rows(real, "resnet18 (optim.lr=0.01)")
     assert len(single) == 1 and "`r18-lr-s42`" in single[0]
-    single_cells = [c.strip() for c in single[0].strip("|").split("|")]
-    assert single_cells[4] == "1" and single_cells[6] == f"{acc(RUN_B):.3f}"
+    single_cells = row_cells(real, "resnet18 (optim.lr=0.01)")
+    assert single_cells["n seeds"] == "1" and single_cells["val acc"] == f"{acc(RUN_B):.3f}"
     # Bootstrap 95% CI of the accuracy: contains the group's mean and is the same in a second report.
-    low, high = map(float, re.fullmatch(r"\[(\S+), (\S+)\]", cells[12]).groups())
+    low, high = map(float, re.fullmatch(r"\[(\S+), (\S+)\]", cells["acc 95% CI"]).groups())
     assert low < mean < high and high - low < 0.2
-    assert re.fullmatch(r"\[\S+, \S+\]", cells[13])  # macro-F1 CI
+    assert re.fullmatch(r"\[\S+, \S+\]", cells["macro-F1 95% CI"])
     again = report_cli([repeated], tmp_path / "b" / "results.md").read_text()
     assert table_rows(section(again, SECTION), "resnet18 (optim.lr=0.001)") == group
     assert "1000 resamples, seed 0" in real and "per run, then averaged; not pooled" in real
@@ -125,8 +125,8 @@ def test_runs_without_predictions_get_no_paired_test(repeated: Path, tmp_path: P
     markdown = report_cli([repeated], tmp_path / "results.md").read_text()
     real = section(markdown, SECTION)
     assert "- **resnet18 (optim.lr=0.001)** vs **resnet18 (optim.lr=0.01)**: no paired test (predictions not saved)." in real
-    single = [c.strip() for c in table_rows(real, "resnet18 (optim.lr=0.01)")[0].strip("|").split("|")]
-    assert single[12] == single[13] == "n/a"
+    single = row_cells(real, "resnet18 (optim.lr=0.01)")
+    assert single["acc 95% CI"] == single["macro-F1 95% CI"] == "n/a"
     assert "n/a: no per-image validation predictions" in real
 
 
@@ -162,9 +162,9 @@ def test_train_seeds_makes_one_run_per_seed(tiny_dataset: Path, tmp_path: Path, 
             targets.append(saved["targets"])
     assert np.array_equal(*targets)  # the validation set is scored in one fixed order
     markdown = report_cli([runs], tmp_path / "results.md").read_text()
-    row = [c.strip() for c in table_rows(markdown, "scratch_cnn_small")[0].strip("|").split("|")]
-    assert row[1] == "`rep-s42`, `rep-s43`" or row[1] == "`rep-s43`, `rep-s42`"
-    assert row[4] == "2" and " ± " in row[6] and row[12].startswith("[")
+    row = row_cells(markdown, "scratch_cnn_small")
+    assert row["run"] in ("`rep-s42`, `rep-s43`", "`rep-s43`, `rep-s42`")
+    assert row["n seeds"] == "2" and " ± " in row["val acc"] and row["acc 95% CI"].startswith("[")
 
 
 def test_a_failing_seed_does_not_stop_the_others(tiny_dataset: Path, tmp_path: Path, capsys, caplog) -> None:
