@@ -156,7 +156,10 @@ def sync_record(folder: Path, *, dry_run: bool, timeout: float) -> tuple[str, bo
         return f"skipped: {run_file.name} is damaged (it does not start as a W&B run file); the run folder itself is unaffected", False
     wandb_cli = Path(sys.executable).with_name("wandb")
     command = [str(wandb_cli) if wandb_cli.exists() else "wandb", "sync", *(["--dry-run"] if dry_run else []), str(folder)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # W&B's CLI keeps its debug logs in ./wandb: run it beside the record, not in the user's working folder
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=folder.parent
+    )
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
