@@ -495,15 +495,16 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     source = cfg.model.get("init_from")
     if not source or cfg.run.get("resume"):
         return None
+    from research.models.shipped import is_shipped_name, shipped_model
     from research.tracking.runs import CheckpointError
 
-    path = Path(source).expanduser()
+    path = shipped_model(source).checkpoint if is_shipped_name(source) else Path(source).expanduser()
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
         raise ConfigError(
-            f"model.init_from={source}: {path} not found; give a finished run folder (its best.pt is used) "
-            "or a best.pt / last.pt of this package"
+            f"model.init_from={source}: {path} not found; give a finished run folder (its best.pt is used), "
+            "a best.pt / last.pt of this package, or a shipped model (fer2013)"
         )
     plain = ("a plain state_dict (ImageNet weights, say) goes to model.pretrained_file; model.init_from takes "
              "a run folder or a best.pt / last.pt written by this package")
