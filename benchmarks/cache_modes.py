@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
+from hostinfo import cpu_capability, cpu_model  # benchmarks/hostinfo.py, beside this script
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("angry", "disgust", "fear", "happy", "neutral", "sad", "surprise")
@@ -152,7 +152,7 @@ def run_modes(
         results.append(result)
     return {
         "n": n, "size": size, "budget_mb": budget_mb, "batch_size": batch_size, "workers": workers, "rounds": rounds,
-        "nproc": os.cpu_count(), "cpu": cpu_model(), "python": platform.python_version(), "results": results,
+        "nproc": os.cpu_count(), "cpu": cpu_model(), "cpu_capability": cpu_capability(), "python": platform.python_version(), "results": results,
     }
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
+from hostinfo import cpu_capability, cpu_model  # benchmarks/hostinfo.py, beside this script
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
@@ -205,7 +205,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "preset": args.preset, "data": args.data, "overrides": list(args.overrides), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": cpu_model(), "nproc": usable_cpus(), "torch": torch.__version__,
+        "cpu": cpu_model(), "cpu_capability": cpu_capability(), "nproc": usable_cpus(), "torch": torch.__version__,
         "python": platform.python_version(), "train_images": n_train, "image_size": base.data.image_size,
         "batch_size": base.data.batch_size, "amp": base.train.amp, "channels_last": base.train.channels_last,
         "torch_threads": torch.get_num_threads(), "repeats": args.repeats,
@@ -224,7 +224,7 @@ def table(report: dict[str, Any]) -> str:
         f"{report['preset']} on {report['data']} ({report['train_images']} train images, {report['image_size']} px, "
         f"batch {report['batch_size']}), {report['device']}"
         + (f" ({report['gpu']})" if report["gpu"] else "")
-        + f", {report['nproc']} CPUs ({report['cpu']}), torch {report['torch']}, {report['started']}, "
+        + f", {report['nproc']} CPUs ({report['cpu']}, CPU capability {report.get('cpu_capability', '?')}), torch {report['torch']}, {report['started']}, "
         f"load average {report['loadavg_start'][0]:.2f} at the start, {report['loadavg_end'][0]:.2f} at the end",
         "",
         f"Model only (batches in memory), images/s, median (min-max) of {report['repeats']} rounds: "

@@ -24,13 +24,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
+from hostinfo import cpu_capability, cpu_model  # benchmarks/hostinfo.py, beside this script
 
 HEAVY_MODULES = ("wandb", "seaborn", "pandas", "sklearn")
 
 
-def predict_argv(run: Path, images: Path, face: str, out: Path) -> list[str]:
-    return ["predict", "--run", str(run), str(images), "--face", face, "--wandb", "disabled", "--out", str(out)]
+def predict_argv(run: Path | None, images: Path, face: str, out: Path) -> list[str]:
+    """``run`` None: no ``--run``, so the model shipped with the package scores."""
+    model = [] if run is None else ["--run", str(run)]
+    return ["predict", *model, str(images), "--face", face, "--wandb", "disabled", "--out", str(out)]
 
 
 def code_env(code: Path) -> dict[str, str]:
@@ -39,7 +41,7 @@ def code_env(code: Path) -> dict[str, str]:
     return env
 
 
-def whole_process_seconds(code: Path, run: Path, images: Path, face: str) -> float:
+def whole_process_seconds(code: Path, run: Path | None, images: Path, face: str) -> float:
     with tempfile.TemporaryDirectory(prefix="predict-speed-") as out:
         start = time.perf_counter()
         subprocess.run(
@@ -49,7 +51,7 @@ def whole_process_seconds(code: Path, run: Path, images: Path, face: str) -> flo
         return time.perf_counter() - start
 
 
-def phases(run: Path, images: Path, face: str) -> dict[str, float | int | list[str]]:
+def phases(run: Path | None, images: Path, face: str) -> dict[str, float | int | list[str]]:
     """Run inside a process whose ``research`` is the checkout under test: seconds per phase."""
     start = time.perf_counter()
     try:
@@ -102,16 +104,17 @@ def phases(run: Path, images: Path, face: str) -> dict[str, float | int | list[s
     }
 
 
-def phases_in_subprocess(code: Path, run: Path, images: Path, face: str) -> dict:
+def phases_in_subprocess(code: Path, run: Path | None, images: Path, face: str) -> dict:
     result = subprocess.run(
-        [sys.executable, str(Path(__file__).resolve()), "--phases-only", "--run", str(run), "--images", str(images), "--face", face],
+        [sys.executable, str(Path(__file__).resolve()), "--phases-only", *([] if run is None else ["--run", str(run)]),
+         "--images", str(images), "--face", face],
         cwd=code, env=code_env(code), check=True, capture_output=True, text=True,
     )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 def machine() -> str:
-    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, CPU capability {cpu_capability()}, Python {platform.python_version()}"
 
 
 def load_average() -> str:
@@ -120,7 +123,7 @@ def load_average() -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="trained run folder")
+    parser.add_argument("--run", type=Path, help="trained run folder (default: none, so the shipped model scores)")
     parser.add_argument("--images", type=Path, required=True, help="folder of new images")
     parser.add_argument("--face", default="both", choices=("raw", "haar", "both"))
     parser.add_argument("--repeats", type=int, default=5, help="whole-process runs per checkout (default: %(default)s)")
@@ -131,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--json", type=Path, help="also write every measurement here")
     parser.add_argument("--phases-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    run, images = args.run.resolve(), args.images.resolve()
+    run, images = (None if args.run is None else args.run.resolve()), args.images.resolve()
     if args.phases_only:
         print(json.dumps(phases(run, images, args.face)))
         return

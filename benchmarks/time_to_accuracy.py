@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
+from hostinfo import cpu_capability, cpu_model  # benchmarks/hostinfo.py, beside this script
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
@@ -127,7 +127,7 @@ class Clock:
 
 def machine_info() -> dict[str, Any]:
     return {
-        "cpu": cpu_model(), "nproc": usable_cpus(), "cores": os.cpu_count(),
+        "cpu": cpu_model(), "cpu_capability": cpu_capability(), "nproc": usable_cpus(), "cores": os.cpu_count(),
         "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform(),
         "loadavg_start": list(os.getloadavg()),
     }
@@ -369,7 +369,7 @@ def markdown(results: dict[str, Any]) -> str:
     if a.get("stop_at_target"):
         budget += f", each side stopped at {target}"
     lines = [
-        f"Machine: {m['cpu']}, nproc {m['nproc']}, torch {m['torch']}, {results['threads']} torch thread(s), "
+        f"Machine: {m['cpu']} (CPU capability {m.get('cpu_capability', '?')}), nproc {m['nproc']}, torch {m['torch']}, {results['threads']} torch thread(s), "
         f"training on {results['project'].get('device', 'cpu')} (project) and {results['baseline'].get('device', 'cpu')} (baseline); "
         f"load average (1/5/15 min) {'/'.join(f'{x:.2f}' for x in m['loadavg_start'])} at start, "
         f"{'/'.join(f'{x:.2f}' for x in m['loadavg_end'])} at end.",

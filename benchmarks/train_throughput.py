@@ -44,7 +44,7 @@ from typing import Any
 import cv2
 import torch
 import torch.nn.functional as F
-from hostinfo import cpu_model  # benchmarks/hostinfo.py, beside this script
+from hostinfo import cpu_capability, cpu_model  # benchmarks/hostinfo.py, beside this script
 from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader
@@ -146,7 +146,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def machine_info(threads: int) -> dict[str, Any]:
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_model(), "cpu_capability": cpu_capability(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": threads,

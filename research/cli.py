@@ -37,6 +37,10 @@ overrides: any config key as key=value or --key=value (the form `wandb agent` pa
   (all keys with defaults: `poetry run train --print-config`)
 """
 WANDB_MODES = CHOICES["wandb.mode"]
+RUN_HELP = (
+    "run folder (runs/<id>); default: the FER2013 model shipped with the package (`fer2013`; its outputs go "
+    "to runs/shipped-fer2013/)"
+)
 
 Action = Callable[[argparse.Namespace, list[str]], int | None]
 
@@ -295,22 +299,24 @@ def _face_mode(value: str) -> str:
 def predict_main(argv: Sequence[str] | None = None) -> None:
     parser = _parser(
         "predict",
-        "Score a folder of new photos with a trained run, raw (the whole photo) and/or after a Haar-cascade "
+        "Score a folder of new photos with a trained run (without --run: the FER2013 model shipped with the "
+        "package), raw (the whole photo) and/or after a Haar-cascade "
         "face crop, using the run's own eval preprocessing. Writes per-image panels (original with the "
         "detection box, crop, model input, class scores), a sheet, Grad-CAM heatmaps of the predicted class, predictions.json and, when file names "
         "or subfolders carry labels (anger_1.jpg, alegria/x.png), accuracy raw vs cropped. --onnx scores "
         "with an exported model (`poetry run export`) through onnxruntime instead, with the preprocessing "
         "stored in the file. --video/--camera annotate every face of a video (or a camera) into "
         "annotated.mp4 and frames.csv.",
-        "examples:\n  poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both\n"
+        "examples:\n  poetry run predict ../shared/data/new-images          # the shipped FER2013 model; runs/shipped-fer2013/predictions/\n"
+        "  poetry run predict --run runs/scratch_cnn-20260101-120000 ../shared/data/new-images --face both\n"
         "  poetry run predict --run runs/<id> ../shared/data/new-images --face all   # raw / haar / aligned side by side\n"
         "  poetry run predict --onnx runs/<id>/export/model.onnx ../shared/data/new-images\n"
         "  poetry run predict --run runs/<id> --video clip.mp4 --every 2\n"
         "  poetry run predict --run runs/<id> --camera 0 --max-frames 300   # needs a camera; writes files, shows nothing",
     )
     parser.add_argument("images", type=Path, nargs="?", help="folder of images (jpg/png/webp/bmp, any size)")
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--run", type=Path, help="run folder (runs/<id>)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--run", type=Path, help=RUN_HELP)
     model.add_argument("--onnx", type=Path, metavar="MODEL.onnx", help="an exported model (poetry run export) scored with onnxruntime")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--video", type=Path, metavar="FILE", help="annotate a video file instead of scoring IMAGES")
@@ -334,6 +340,7 @@ def predict_main(argv: Sequence[str] | None = None) -> None:
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
         video = args.video is not None or args.camera is not None
+        _inference_threads()
         if video == (args.images is not None):
             parser.error("give either IMAGES (a folder) or --video FILE / --camera INDEX")
         if video:
@@ -369,7 +376,7 @@ def export_main(argv: Sequence[str] | None = None) -> None:
         "  poetry run export --run runs/<id> --format pt2            # runs/<id>/export/pt2/model.pt2 (torch.export)\n"
         "then: poetry run predict --onnx runs/<id>/export/model.onnx IMAGES",
     )
-    parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
+    parser.add_argument("--run", type=Path, help=RUN_HELP)
     parser.add_argument(
         "--format", default="onnx", choices=("onnx", "pt2"),
         help="onnx (onnxruntime) or pt2 (a torch.export program: torch.export.load(FILE).module()) (default: %(default)s)",
@@ -409,7 +416,7 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
         "  poetry run evaluate --run runs/<id> ../shared/data/emociones-dev --split validation --face aligned",
     )
     parser.add_argument("data_dir", type=Path, help="labelled images")
-    parser.add_argument("--run", required=True, type=Path, help="run folder (runs/<id>)")
+    parser.add_argument("--run", type=Path, help=RUN_HELP)
     parser.add_argument("--split", help="split folder inside DATA_DIR (e.g. test, validation)")
     parser.add_argument(
         "--face", type=_face_mode, default="raw", metavar="{" + ",".join(SINGLE_MODES) + "}",
@@ -431,6 +438,8 @@ def evaluate_main(argv: Sequence[str] | None = None) -> None:
 
     def action(args: argparse.Namespace, _: list[str]) -> int:
         from research.inference.evaluate import evaluate_cli
+
+        _inference_threads()
 
         if args.face not in SINGLE_MODES:
             parser.error(f"--face {args.face} is for predict; evaluate takes {', '.join(SINGLE_MODES)}")
@@ -510,6 +519,15 @@ def sweep_main(argv: Sequence[str] | None = None) -> None:
         return 0
 
     run_main(parser, argv, action, overrides=True)
+
+
+def _inference_threads() -> None:
+    """Torch threads for predict/evaluate: the cores other processes leave free (a forward pass on more
+    threads than free cores waits for the slowest: 109-160 ms instead of 5 ms per image on a busy 2-core CPU)."""
+    from research.engine.runtime import set_threads
+
+    choice = set_threads(0)
+    log.debug("torch CPU threads: %d (%s)", choice.threads, choice.reason)
 
 
 def _positive_int(value: str) -> int:

@@ -103,7 +103,7 @@ class TrainConfig:
     monitor: str = "val/macro_f1"  # metric that picks best.pt and drives early stopping
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False  # torch deterministic algorithms (slower on CUDA)
-    threads: int = 0  # torch CPU threads; 0 = torch default
+    threads: int = 0  # torch CPU threads; 0 = auto: the cores other processes leave free (logged), at least 1
     tta: str = "none"  # none | hflip: validation and final evaluation score the mean of image and mirror probabilities
     ema_decay: float = 0.0  # > 0: validate, select and save an exponential moving average of the weights (e.g. 0.999); 0 = off
     mixup_alpha: float = 0.0  # > 0: mixup training batches, blend weight ~ Beta(alpha, alpha) (0.2-0.4 usual); 0 = off
@@ -359,7 +359,7 @@ RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "train.mixup_alpha": (lambda v: 0 <= v <= 10, "a Beta shape in [0, 10] (0 = off; 0.2-0.4 are usual)"),
     "train.cutmix_alpha": (lambda v: 0 <= v <= 10, "a Beta shape in [0, 10] (0 = off; 1.0 is usual)"),
     "train.early_stopping_patience": (lambda v: v >= 0, ">= 0 (0 = off)"),
-    "train.threads": (lambda v: v >= 0, ">= 0 (0 = torch's default)"),
+    "train.threads": (lambda v: v >= 0, ">= 0 (0 = auto: the cores other processes leave free)"),
     "run.seed": (lambda v: 0 <= v < 2**32, "an integer in [0, 2**32)"),
     **{f"faces.{key}": check for key, check in FACE_RANGES.items()},  # the detectors check the same ranges
     "wandb.init_timeout": (lambda v: 1 <= v <= 600, "seconds in [1, 600]"),
@@ -495,15 +495,16 @@ def init_checkpoint(cfg: DictConfig) -> tuple[Path, dict[str, Any]] | None:
     source = cfg.model.get("init_from")
     if not source or cfg.run.get("resume"):
         return None
+    from research.models.shipped import is_shipped_name, shipped_model
     from research.tracking.runs import CheckpointError
 
-    path = Path(source).expanduser()
+    path = shipped_model(source).checkpoint if is_shipped_name(source) else Path(source).expanduser()
     if path.is_dir():
         path = path / "best.pt"
     if not path.is_file():
         raise ConfigError(
-            f"model.init_from={source}: {path} not found; give a finished run folder (its best.pt is used) "
-            "or a best.pt / last.pt of this package"
+            f"model.init_from={source}: {path} not found; give a finished run folder (its best.pt is used), "
+            "a best.pt / last.pt of this package, or a shipped model (fer2013)"
         )
     plain = ("a plain state_dict (ImageNet weights, say) goes to model.pretrained_file; model.init_from takes "
              "a run folder or a best.pt / last.pt written by this package")

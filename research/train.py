@@ -9,6 +9,7 @@ afterwards (scoring new images) is composed by the caller and passed in as ``aft
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -38,7 +39,7 @@ from research.config import ConfigError, check_inputs, flatten, to_yaml
 from research.data.classes import CANONICAL_CLASSES
 from research.data.datasets import DataBundle
 from research.engine.distributed import Distributed
-from research.engine.runtime import latency_timings, resolve_device, seed_everything
+from research.engine.runtime import latency_timings, resolve_device, seed_everything, set_threads
 from research.engine.trainer import EpochOutput, Trainer
 from research.errors import interrupt_exit_code, interrupt_name
 from research.inference.evaluation import (
@@ -85,6 +86,8 @@ def environment(device: torch.device, processes: int = 1, data_workers: int = 0)
         "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "cpu_threads": torch.get_num_threads(), "platform": platform.platform(),
+        # the instruction set PyTorch's CPU kernels use (AVX2, AVX512, ...): CPU timings depend on it
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         # what data.num_workers resolved to: each worker draws its own augmentations, so the count is
         # part of what makes a run repeatable
         "data_workers": data_workers,
@@ -194,8 +197,8 @@ def train(
     if distributed.enabled and cfg.data.sampler == "balanced":
         raise ConfigError(DISTRIBUTED_BALANCED)
     seed_everything(cfg.run.seed, deterministic=cfg.train.deterministic)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    threads = set_threads(cfg.train.threads, processes=int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    log.info("torch CPU threads: %d (train.threads=%s: %s)", threads.threads, cfg.train.threads or "auto", threads.reason)
     device = distributed.start(resolve_device(cfg.train.device))
     try:
         return _train(cfg, distributed, device, command=command, on_epoch=on_epoch, after_fit=after_fit)
@@ -271,10 +274,11 @@ def _run_trainer(
     if resume_ckpt is not None:
         trainer.load_checkpoint(resume_ckpt)
     summary = recorder.summary
+    summary.env["precision"] = trainer.precision
     log.info(
-        "run %s: %s (%s, %.2f M params, %.2f M trainable) on %s, %s, %d train / %d val images",
+        "run %s: %s (%s, %.2f M params, %.2f M trainable) on %s (%s, %s), %s, %d train / %d val images",
         run.run_id, cfg.model.name, model.pretrained_source, summary.params_total / 1e6, summary.params_trainable / 1e6,
-        device, label, len(bundle.train), len(bundle.val),
+        device, summary.env["cpu_capability"], trainer.precision, label, len(bundle.train), len(bundle.val),
     )
     return _fit(cfg, run, trainer, loaders, recorder, distributed, label=label, after_fit=after_fit)
 

@@ -18,6 +18,7 @@ from research.data.classes import CANONICAL_CLASSES
 from research.data.transforms import build_eval_transform, build_train_transform
 from research.models import create_model
 from research.models.classifier import FERClassifier
+from research.models.shipped import is_shipped_name
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def build_model(cfg: DictConfig, *, pretrained: bool = True) -> FERClassifier:
                 f"model.init_from={model_cfg.init_from}: its weights do not fit this {model_cfg.name} "
                 f"({str(err).splitlines()[0][:160]}); start from a run of the same model"
             ) from None
-        restore_run_source(model, {**ckpt, "pretrained_source": f"run:{path.parent.name}/{path.name}"})
+        source = f"shipped:{model_cfg.init_from}" if is_shipped_name(model_cfg.init_from) else f"run:{path.parent.name}/{path.name}"
+        restore_run_source(model, {**ckpt, "pretrained_source": source})
         log.info("model.init_from: weights and normalisation of %s (epoch %s; that run started from %s)",
                  path, ckpt.get("epoch", "?"), ckpt.get("pretrained_source", "?"))
         for key, value in (("mean", cfg.data.mean), ("std", cfg.data.std)):

@@ -206,6 +206,12 @@ class Trainer:
         self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
         self.last_mix: tuple[torch.Tensor, float] | None = None
 
+    @property
+    def precision(self) -> str:
+        """What the training steps compute in: ``float32``, or ``bfloat16`` / ``float16`` autocast
+        (bfloat16 on CPUs whose oneDNN runs it natively, e.g. AVX-512 BF16; float32 on AVX2)."""
+        return "float32" if self.amp_dtype is None else f"{str(self.amp_dtype).removeprefix('torch.')} autocast"
+
     # --- one step, one epoch -------------------------------------------------------
     def step(self, images: torch.Tensor, targets: torch.Tensor, *, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """Forward (+ backward and optimiser step when ``train``). Returns (mean loss, logits)."""

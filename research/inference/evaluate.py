@@ -132,7 +132,7 @@ def evaluate_run(
     cropper = face_detector(face, loaded.faces, fallback=True) if face in DETECTORS else None
     paths, targets, layout = find_labelled_images(Path(data_dir), split, loaded.run.val_split_files())
     name = name or "-".join(x for x in (Path(data_dir).name, split, face if face != "raw" else "", "tta" if tta == "hflip" else "") if x)
-    out_dir = Path(out) if out else loaded.run.evaluations / name
+    out_dir = Path(out) if out else loaded.outputs / "evaluations" / name
     check_writable(out_dir)
     dataset = EvalImages(paths, targets, loaded.transform, cropper, loaded.cfg.data.image_size, loaded.cfg.data.channels)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
@@ -164,13 +164,13 @@ def evaluate_run(
     evaluation = evaluate_scores(logits.numpy(), target, loaded.class_names)
     names = loaded.class_names
     absent = [names[i] for i in range(len(names)) if i not in evaluation.labels]
-    label = f"{loaded.run.run_id} on {Path(data_dir).name}{'/' + split if split else ''}"
+    label = f"{loaded.run_id} on {Path(data_dir).name}{'/' + split if split else ''}"
     write_evaluation(evaluation, out_dir, label=label, header=layout)
     result = {
         **evaluation.metrics, "images": int(len(target)), "failed_files": failed, "no_face": no_face if cropper is not None else None,
         "images_per_s": len(target) / max(seconds, 1e-9), "dataset": str(data_dir), "split": split, "layout": layout,
         "face": face, "tta": tta, "classes_present": [names[i] for i in evaluation.labels], "classes_absent": absent,
-        "per_class": evaluation.per_class, "confusion_counts": evaluation.counts.tolist(), "run_id": loaded.run.run_id,
+        "per_class": evaluation.per_class, "confusion_counts": evaluation.counts.tolist(), "run_id": loaded.run_id,
     }
     write_json(out_dir / "metrics.json", result)
     if absent:
@@ -191,6 +191,7 @@ def format_table(result: EvaluationResult) -> str:
 def evaluate_cli(args: Any) -> EvaluationResult:
     """``poetry run evaluate``: evaluation + a W&B run (job type evaluate) linked to the training run."""
     loaded = load_run(args.run, which=args.checkpoint)
+    log.info("scoring with %s", loaded.description)
     result = evaluate_run(
         loaded, args.data_dir, split=args.split, face=args.face, tta=args.tta or (loaded.cfg.train.get("tta", "none") if loaded.cfg is not None else "none"),
         out=args.out, name=args.name,
@@ -206,5 +207,5 @@ def evaluate_cli(args: Any) -> EvaluationResult:
         wandb_run.log_images({f"eval/{p.stem}": p for p in result.out_dir.glob("confusion_*.png")})
     finally:
         wandb_run.finish()
-    log.info("evaluation %s of %s written to %s\n%s", result.name, loaded.run.run_id, result.out_dir, format_table(result))
+    log.info("evaluation %s of %s written to %s\n%s", result.name, loaded.description, result.out_dir, format_table(result))
     return result

@@ -95,6 +95,12 @@ def check_images(loaded: LoadedRun, folder: Path | None, limit: int = CHECK_LIMI
         return [i.image for i in images], str(folder)
     cfg = loaded.cfg
     assert cfg is not None
+    if loaded.shipped is not None:  # its training images are not part of the package: generated faces instead
+        from research.data.demo import make_demo_split
+
+        images, _ = make_demo_split("validation", size=max(64, int(cfg.data.image_size)), seed=0, scale=0.2)
+        picks = np.unique(np.linspace(0, len(images) - 1, min(limit, len(images))).round().astype(int))
+        return [images[int(i)] for i in picks], f"{len(picks)} generated demo faces (synthetic; the shipped model's data is not in the package)"
     try:
         bundle = load_datasets(
             cfg.data.root, bad_files="skip", cache=False, require_all_classes=False, workers=2,
@@ -109,7 +115,7 @@ def check_images(loaded: LoadedRun, folder: Path | None, limit: int = CHECK_LIMI
 
 
 def export_run(
-    run: str | Path,
+    run: str | Path | None,
     *,
     fmt: str = "onnx",
     out: str | Path | None = None,
@@ -131,11 +137,12 @@ def export_run(
     if repeats < 1 or threads < 1:
         raise ValueError(f"latency repeats and threads must be >= 1, got {repeats} and {threads}")
     loaded = load_run(run, which=checkpoint, device="cpu")
-    assert loaded.run is not None
+    assert loaded.run is not None and loaded.outputs is not None
+    log.info("exporting %s", loaded.description)
     epoch = _checkpoint_epoch(loaded.run.path / f"{checkpoint}.pt")
     images, source = check_images(loaded, None if images_dir is None else Path(images_dir))
     meta = model_metadata(loaded, checkpoint, epoch)
-    out_path = Path(out) if out else loaded.run.path / "export" / FORMATS[fmt]
+    out_path = Path(out) if out else loaded.outputs / "export" / FORMATS[fmt]
     check_writable(out_path.parent)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     record = {**meta.to_dict(), "file": out_path.name, "export_format": fmt, "torch": torch.__version__}

@@ -25,6 +25,13 @@ from research.data.transforms import build_eval_transform
 from research.engine.runtime import resolve_device
 from research.inference.model_file import ExportedModelError, OnnxModel
 from research.models.classifier import FERClassifier, mirror_average
+from research.models.shipped import (
+    DEFAULT,
+    ShippedModel,
+    ShippedModelError,
+    is_shipped_name,
+    shipped_model,
+)
 from research.tracking.runs import RunFolder, read_checkpoint
 from research.tracking.wandb_log import WandbRun, linked_run, training_run
 
@@ -52,12 +59,29 @@ class LoadedRun:
     device: torch.device
     run_id: str = "?"
     faces: dict[str, Any] | None = None  # the run's Haar settings (config ``faces``)
-    predictions_dir: Path | None = None  # where predictions go by default
+    outputs: Path | None = None  # where predictions, evaluations and exports go by default (the run folder)
+    shipped: ShippedModel | None = None  # set when this is a model shipped with the package
+
+    @property
+    def predictions_dir(self) -> Path | None:
+        return None if self.outputs is None else self.outputs / "predictions"
+
+    @property
+    def description(self) -> str:
+        """Which model scores, for the log: the run folder, or the shipped model and what it is."""
+        if self.shipped is not None:
+            return f"the shipped model {self.shipped.name} ({self.shipped.summary})"
+        return f"run {self.run_id}" if self.run is not None else f"exported model {self.run_id}"
 
 
-def load_run(path: str | Path, *, which: str = "best", device: str = "auto") -> LoadedRun:
-    """Rebuild a run's model from its checkpoint and its eval transform from its config."""
-    run = RunFolder.open(path)
+def load_run(path: str | Path | None = None, *, which: str = "best", device: str = "auto") -> LoadedRun:
+    """Rebuild a run's model from its checkpoint and its eval transform from its config. ``None`` (or the
+    name of a shipped model, ``fer2013``) loads the model shipped with the package, its checksum checked;
+    its outputs go to ``runs/shipped-<name>/``, never into the installed package."""
+    shipped = shipped_model(str(path) if path is not None else DEFAULT) if path is None or is_shipped_name(str(path)) else None
+    if shipped is not None and which != "best":
+        raise ShippedModelError(f"the shipped model {shipped.name} has only its best checkpoint; drop --checkpoint {which}")
+    run = RunFolder.open(shipped.folder if shipped is not None else path)
     ckpt = read_checkpoint(run.path / f"{which}.pt", summary=run.summary_path)
     cfg = load_saved_config(run.config_path)
     model = build_model(cfg, pretrained=False)
@@ -67,7 +91,8 @@ def load_run(path: str | Path, *, which: str = "best", device: str = "auto") -> 
     mean, std = tuple(ckpt["mean"]), tuple(ckpt["std"])
     return LoadedRun(
         run, model, eval_transform(cfg, mean, std), cfg, list(ckpt["class_names"]), mean, std, dev,
-        run_id=run.run_id, faces=dict(cfg.faces), predictions_dir=run.predictions,
+        run_id=shipped.name if shipped is not None else run.run_id, faces=dict(cfg.faces),
+        outputs=shipped.outputs if shipped is not None else run.path, shipped=shipped,
     )
 
 
@@ -86,7 +111,7 @@ def load_onnx(path: str | Path, *, threads: int | None = None) -> LoadedRun:
         raise ExportedModelError(f"{path}: {err}") from None
     return LoadedRun(
         None, model, transform, None, list(meta.class_names), meta.mean, meta.std, torch.device("cpu"),
-        run_id=meta.run_id, faces=dict(meta.faces), predictions_dir=Path(path).parent / "predictions",
+        run_id=meta.run_id, faces=dict(meta.faces), outputs=Path(path).parent,
     )
 
 
@@ -94,10 +119,10 @@ def linked_wandb_run(
     loaded: LoadedRun, *, job_type: str, name: str, mode: str | None, extra_config: dict[str, Any] | None = None
 ) -> WandbRun:
     """The W&B run of work done with a trained run (predict, evaluate), grouped with it."""
-    if loaded.run is None or loaded.cfg is None:
+    if loaded.run is None or loaded.cfg is None or loaded.outputs is None:
         raise ValueError("a W&B run is linked to a run folder; an exported model has none")
     return linked_run(
-        source_run_id=loaded.run.run_id, run_dir=loaded.run.path, config={**flatten(loaded.cfg), **(extra_config or {})},
+        source_run_id=loaded.run_id, run_dir=loaded.outputs, config={**flatten(loaded.cfg), **(extra_config or {})},
         wandb_cfg=loaded.cfg.wandb, job_type=job_type, name=name, mode=mode,
     )
 
@@ -107,6 +132,8 @@ def training_wandb_run(loaded: LoadedRun, *, mode: str | None, job_type: str) ->
     its upload list for ``sync-runs``); for a run trained without W&B, a run of its own, grouped with it."""
     if loaded.run is None or loaded.cfg is None:
         raise ValueError("a W&B run is linked to a run folder; an exported model has none")
+    if loaded.shipped is not None:  # its training run is not the user's: work done with it gets a run of its own
+        return linked_wandb_run(loaded, job_type=job_type, name=job_type, mode=mode)
     recorded = loaded.run.read_summary().get("wandb") or {}
     wandb_run = training_run(run_id=loaded.run.run_id, run_dir=loaded.run.path, recorded=recorded,
                              wandb_cfg=loaded.cfg.wandb, mode=mode, init_timeout=loaded.cfg.wandb.init_timeout)

@@ -306,8 +306,8 @@ def predict_cli(
         result = predict_folder(None, images, face=face, out=out, checkpoint=onnx.name, fallback=fallback, loaded=loaded)
         log.info("predictions written to %s", result["out"])
         return result
-    assert run is not None
     loaded = load_run(run, which=checkpoint)
+    log.info("scoring with %s", loaded.description)
     wandb_run = training_wandb_run(loaded, mode=wandb_mode, job_type="predict")
     try:
         result = predict_folder(

@@ -232,8 +232,8 @@ def video_cli(
     if onnx is not None:
         loaded = load_onnx(onnx)
     else:
-        assert run is not None
         loaded = load_run(run, which=checkpoint)
+        log.info("scoring with %s", loaded.description)
     name = f"camera{source}" if isinstance(source, int) else Path(source).stem
     assert loaded.predictions_dir is not None
     return annotate_video(loaded, source, out or loaded.predictions_dir / "video" / name, every=every, max_frames=max_frames)
