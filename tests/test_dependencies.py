@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-FOLDERS = ("research", "benchmarks", "tests")
 DYNAMIC = {"import_module", "find_spec", "importorskip"}  # called with a module name as a string
 
 
@@ -43,11 +42,11 @@ def _dynamic_import(node: ast.AST) -> bool:
 
 def third_party_imports(folder: str) -> dict[str, list[str]]:
     """``{module: [files importing it]}`` for every module of ``folder`` that is neither the standard library
-    nor this repository's own code (``research``, ``tests``, a module beside the importing file or in benchmarks/,
+    nor this repository's own code (``research``, ``tests``, a module beside the importing file or in benchmarks/ or scripts/,
     which the tests load)."""
     found: dict[str, list[str]] = {}
     for path in sorted((REPO / folder).rglob("*.py")):
-        local = {p.stem for p in [*path.parent.glob("*.py"), *(REPO / "benchmarks").glob("*.py")]} | {"research", "tests"}
+        local = {p.stem for p in [*path.parent.glob("*.py"), *(REPO / "benchmarks").glob("*.py"), *(REPO / "scripts").glob("*.py")]} | {"research", "tests"}
         for name in _imported(path) - local - set(sys.stdlib_module_names):
             found.setdefault(name, []).append(str(path.relative_to(REPO)))
     return found
@@ -116,7 +115,8 @@ def undeclared(folder: str, ok: set[str]) -> dict[str, tuple[list[str], list[str
 
 @pytest.mark.parametrize(
     ("folder", "allowed"),
-    [("research", ("main", "extras")), ("benchmarks", ("main", "extras", "dev")), ("tests", ("main", "extras", "dev"))],
+    [("research", ("main", "extras")), ("benchmarks", ("main", "extras", "dev")), ("tests", ("main", "extras", "dev")),
+     ("scripts", ("main", "extras", "dev"))],
 )
 def test_every_imported_module_is_declared(folder, allowed):
     groups = declared()
