@@ -30,8 +30,11 @@ from research.tracking.runs import RunFolder, read_checkpoint  # noqa: E402
 KEEP = ("model", "epoch", "config", "class_names", "model_name", "mean", "std", "pretrained_source")
 
 
-def package(run_dir: Path, dest: Path, *, command: str, note: str, license_name: str | None = None) -> str:
-    """Copy what inference needs from ``run_dir`` to ``dest``; returns the sha256 of ``dest/best.pt``."""
+def package(run_dir: Path, dest: Path, *, command: str | list[str], note: str, license_name: str | None = None) -> str:
+    """Copy what inference needs from ``run_dir`` to ``dest``; returns the sha256 of ``dest/best.pt``.
+    ``command``: the training command, or the commands in order when the run continued another
+    (``model.init_from``)."""
+    commands = [command] if isinstance(command, str) else list(command)
     run = RunFolder.open(run_dir)
     ckpt = read_checkpoint(run.best_path)
     cfg = load_saved_config(run.config_path)
@@ -43,17 +46,17 @@ def package(run_dir: Path, dest: Path, *, command: str, note: str, license_name:
     torch.save(state, dest / "best.pt")
     (dest / "config.yaml").write_text(to_yaml(cfg))
     summary = run.read_summary()
-    summary.update(command=command, run_dir=str(dest), shipped_note=note)
+    summary.update(command=" && ".join(commands), commands=commands, run_dir=str(dest), shipped_note=note)
     (dest / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for name in ("history.csv", "classification_report.txt", "per_class.json", "confusion_counts.json", "val_split.json"):
         if (run.path / name).exists() and name != "val_split.json":
             shutil.copy2(run.path / name, dest / name)
     card = write_model_card(dest, dest / "model_card.md")
-    card.write_text(_shipped_card(card.read_text(), summary, command=command, note=note, license_name=license_name))
+    card.write_text(_shipped_card(card.read_text(), summary, commands=commands, note=note, license_name=license_name))
     return sha256_of(dest / "best.pt")
 
 
-def _shipped_card(text: str, summary: dict, *, command: str, note: str, license_name: str | None) -> str:
+def _shipped_card(text: str, summary: dict, *, commands: list[str], note: str, license_name: str | None) -> str:
     """The run's card with what a user of the shipped weights needs first: where the data came from and
     under which terms, how the model was trained and selected, and what it scored."""
     best = summary.get("best") or {}
@@ -63,12 +66,13 @@ def _shipped_card(text: str, summary: dict, *, command: str, note: str, license_
         "",
         note,
         "",
-        f"- trained with: `{command}`",
+        *([f"- trained with: `{commands[0]}`"] if len(commands) == 1 else
+          ["- trained in stages, each starting from the one before:", *(f"  {i}. `{c}`" for i, c in enumerate(commands, 1))]),
         f"- selected on: {split.get('images', '?')} validation images carved from the training folder "
         f"(stratified, `data.val_fraction={split.get('fraction', '?')}`, `data.val_split_seed={split.get('seed', '?')}`)"
         if split else "- selected on: the run's validation split",
         f"- validation accuracy {best.get('val/acc', float('nan')):.3f}, macro-F1 {best.get('val/macro_f1', float('nan')):.3f} "
-        "(one training run; the checkpoint with the best validation macro-F1)",
+        "(the checkpoint with the best validation macro-F1 of the last stage)",
         "- use it: `poetry run research predict PHOTOS` (no `--run`), fine-tune it: `model.init_from=fer2013`",
         "",
     ]
@@ -84,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", type=Path, help="a finished run folder")
     parser.add_argument("dest", type=Path, help="the shipped model's folder (research/models/weights/<name>)")
-    parser.add_argument("--command", required=True, help="the command that trained the run (for the card)")
+    parser.add_argument("--command", required=True, action="append",
+                        help="the command that trained the run (for the card); repeat it, in order, for a run "
+                             "that continued another with model.init_from")
     parser.add_argument("--note", default="", help="a paragraph on the data and its terms (for the card)")
     parser.add_argument("--license-name", help="the weights' licence when it is not the code's MIT (e.g. research-only data)")
     args = parser.parse_args(argv)
