@@ -131,3 +131,28 @@ def test_predict_loads_no_unused_heavy_module(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_MODE")}
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True, timeout=300)
     assert out.stdout.strip() == ""
+
+
+def test_photos_table_says_what_the_predictions_say(trained_run, photo_folder, tmp_path):
+    """scripts/photos_table.py (the README's "What you get" table): one row per photo with each mode's
+    winner and score as predict recorded them, and how many each mode got right."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        from photos_table import read_modes, table
+    finally:
+        sys.path.pop(0)
+    result = predict_folder(trained_run, photo_folder, face="both", out=tmp_path / "out", gradcam=False)
+    text = table(read_modes(tmp_path / "out"))
+    lines = text.splitlines()
+    assert lines[0] == "| photo | true | raw | haar |" and len(lines) == 2 + 3 + 1
+    for mode_index, mode in enumerate(("raw", "haar")):
+        for r in result["modes"][mode]:
+            row = next(line for line in lines if line.startswith(f"| {r['image']} |"))
+            cell = row.split(" | ")[2 + mode_index]
+            assert cell.startswith(f"{r['winner']} {r['confidence']:.2f}")
+            assert ("✓" in cell) == (r["winner"] == r["true"])
+            assert ("no face" in cell) == (mode == "haar" and not r["face_found"])
+    right = {m: sum(r["winner"] == r["true"] for r in result["modes"][m]) for m in ("raw", "haar")}
+    assert lines[-1] == f"| **right** | | **{right['raw']} of 3** | **{right['haar']} of 3** |"
+    with pytest.raises(SystemExit, match="no <mode>/predictions.json"):
+        read_modes(tmp_path)
