@@ -38,7 +38,12 @@ def package(run_dir: Path, dest: Path, *, command: str | list[str], note: str, l
     run = RunFolder.open(run_dir)
     ckpt = read_checkpoint(run.best_path)
     cfg = load_saved_config(run.config_path)
-    cfg = OmegaConf.merge(cfg, {"run": {"resume": None, "dir": "runs", "new_images": None}, "wandb": {"mode": "disabled"}})
+    # What only made sense on the training machine: its folders, the run it started from, W&B.
+    cfg = OmegaConf.merge(cfg, {
+        "run": {"resume": None, "dir": "runs", "new_images": None}, "wandb": {"mode": "disabled", "dir": None},
+        "model": {"init_from": None, "pretrained_file": None, "pretrained": False},
+        "data": {"root": Path(str(cfg.data.root)).name, "cache_dir": None},
+    })
     dest.mkdir(parents=True, exist_ok=True)
     state = {k: ckpt[k] for k in KEEP if k in ckpt}
     state["config"] = OmegaConf.to_container(cfg)
@@ -46,6 +51,9 @@ def package(run_dir: Path, dest: Path, *, command: str | list[str], note: str, l
     torch.save(state, dest / "best.pt")
     (dest / "config.yaml").write_text(to_yaml(cfg))
     summary = run.read_summary()
+    if isinstance(summary.get("dataset"), dict) and summary["dataset"].get("root"):
+        summary["dataset"]["root"] = Path(summary["dataset"]["root"]).name  # not the packaging machine's path
+    summary.pop("wandb", None)  # the training machine's offline record
     summary.update(command=" && ".join(commands), commands=commands, run_dir=str(dest), shipped_note=note)
     (dest / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     for name in ("history.csv", "classification_report.txt", "per_class.json", "confusion_counts.json", "val_split.json"):
