@@ -120,3 +120,34 @@ def test_the_shipped_fer2013_model():
     probs, inputs = predict_arrays(loaded, [face, face[:, ::-1]])
     assert probs.shape == (2, 7) and np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert inputs.shape == (2, 1, 48, 48)
+
+
+@pytest.mark.skipif("fer2013" not in shipped.SHIPPED, reason="this checkout registers no shipped fer2013 model")
+def test_video_without_run_uses_the_shipped_model(tmp_path, caplog, monkeypatch):
+    """`predict --video CLIP` with no --run: the shipped model scores every frame and the log says so."""
+    import csv
+
+    import cv2
+
+    from research.cli import predict_main
+    from tests.test_video import _frames
+
+    frames = _frames()
+    clip = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, frames[0].shape[1::-1])
+    if not writer.isOpened():
+        pytest.skip("OpenCV cannot write MJPG here")
+    for frame in frames:
+        writer.write(frame)
+    writer.release()
+    monkeypatch.chdir(tmp_path)
+    caplog.set_level(logging.INFO)
+    assert cli(predict_main, ["--video", str(clip), "--out", "out"]) == 0
+    assert "scoring with the shipped model fer2013" in caplog.text
+    with (tmp_path / "out" / "frames.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted({int(r["frame"]) for r in rows}) == list(range(len(frames)))
+    scored = [r for r in rows if r["winner"] != "no_face"]
+    classes = ["anger", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
+    assert scored and all(r["winner"] in classes for r in scored)
+    assert all(r["winner"] == max(classes, key=lambda c: float(r[c])) for r in scored)
