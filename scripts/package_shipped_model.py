@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from research.config import load_saved_config, to_yaml  # noqa: E402
-from research.models.shipped import sha256_of  # noqa: E402
+from research.data.download import file_sha256  # noqa: E402
 from research.report.card import write_model_card  # noqa: E402
 from research.tracking.runs import RunFolder, read_checkpoint  # noqa: E402
 
@@ -61,7 +61,7 @@ def package(run_dir: Path, dest: Path, *, command: str | list[str], note: str, l
             shutil.copy2(run.path / name, dest / name)
     card = write_model_card(dest, dest / "model_card.md")
     card.write_text(_shipped_card(card.read_text(), summary, commands=commands, note=note, license_name=license_name))
-    return sha256_of(dest / "best.pt")
+    return file_sha256(dest / "best.pt")
 
 
 def _shipped_card(text: str, summary: dict, *, commands: list[str], note: str, license_name: str | None) -> str:

@@ -11,10 +11,10 @@ error, never a silently different model.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+from research.data.download import file_sha256
 from research.errors import UserError
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -66,14 +66,6 @@ SHIPPED: dict[str, ShippedModel] = {
 DEFAULT = "fer2013"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shipped_model(name: str = DEFAULT) -> ShippedModel:
     """The shipped model ``name``, its files checked against the recorded sha256.
 
@@ -91,7 +83,7 @@ def shipped_model(name: str = DEFAULT) -> ShippedModel:
                 f"the shipped model {name} is incomplete: {path} is missing. Reinstall the package "
                 "(`poetry install`), or pass --run RUN_FOLDER"
             )
-    actual = sha256_of(model.checkpoint)
+    actual = file_sha256(model.checkpoint)
     if actual != model.sha256:
         raise ShippedModelError(
             f"{model.checkpoint} is damaged or was replaced: sha256 {actual[:12]}..., expected {model.sha256[:12]}... "

@@ -21,6 +21,7 @@ from research.data.classes import (
     normalize_name,
     try_canonical_name,
 )
+from research.data.download import file_sha256
 from research.data.images import is_image_path
 from research.errors import UserError
 
@@ -104,14 +105,6 @@ class Items:
 
 
 # --- helpers --------------------------------------------------------------------------------
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def listing_digest(root: Path) -> str:
     """sha256 of the sorted (relative path, size) list of every file under ``root``."""
     digest = hashlib.sha256()
@@ -302,7 +295,7 @@ class Importer:
 
     def fingerprint(self) -> dict[str, str]:
         files, folders = self.inputs()
-        out = {str(p): f"sha256:{sha256_file(p)}" for p in files}
+        out = {str(p): f"sha256:{file_sha256(p)}" for p in files}
         out.update({str(p): f"listing-sha256:{listing_digest(p)}" for p in folders})
         return out
 

@@ -18,6 +18,7 @@ from typing import Any
 from PIL import Image
 
 from research.data.classes import CANONICAL_CLASSES
+from research.data.download import file_sha256
 from research.data.importers.common import (
     MANIFEST,
     MANIFEST_VERSION,
@@ -26,7 +27,6 @@ from research.data.importers.common import (
     ImportPlan,
     PlannedFile,
     progress,
-    sha256_file,
 )
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ def read_manifest(dest: Path) -> dict[str, Any] | None:
 def files_intact(dest: Path, files: dict[str, str | None]) -> bool:
     for rel, sha in progress(files.items(), "verify", total=len(files)):
         path = dest / rel
-        if sha is None or not path.is_file() or sha256_file(path) != sha:
+        if sha is None or not path.is_file() or file_sha256(path) != sha:
             return False
     return True
 
@@ -210,7 +210,7 @@ def write_files(dest: Path, plan: ImportPlan, manifest: dict[str, Any], previous
         data = encode(f)
         sha = hashlib.sha256(data).hexdigest()
         target = dest / f.relpath
-        if target.is_file() and sha256_file(target) == sha:
+        if target.is_file() and file_sha256(target) == sha:
             unchanged += 1
         else:
             begin()
