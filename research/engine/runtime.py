@@ -119,11 +119,12 @@ def choose_threads(requested: int = 0, *, processes: int = 1) -> ThreadChoice:
     threads trained the demo 2.3x slower than 1 (issue 26, item 15)."""
     if requested > 0:
         return ThreadChoice(requested, "as configured")
-    cores = max(1, usable_cpus() // max(1, processes))
+    usable, processes = usable_cpus(), max(1, processes)
+    cores = max(1, usable // processes)
     others = busy_cores_of_others()
     if others is None:
         return ThreadChoice(cores, f"{cores} usable core(s); other processes' load unknown")
-    free = max(1, min(cores, int(usable_cpus() - others + 0.25) // max(1, processes)))
+    free = max(1, min(cores, int(usable - others + 0.25) // processes))
     return ThreadChoice(free, f"{cores} usable core(s), {others:.1f} busy with other processes")
 
 
@@ -147,7 +148,3 @@ def latency_timings(model: nn.Module, input_shape: tuple[int, ...], *, repeats: 
                 times.append((time.perf_counter() - start) * 1000)
     return times
 
-
-def measure_latency(model: nn.Module, input_shape: tuple[int, ...], *, repeats: int = 20) -> float:
-    """Median CPU inference latency in milliseconds for one image (batch 1), eval mode."""
-    return float(np.median(latency_timings(model, input_shape, repeats=repeats)))

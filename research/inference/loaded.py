@@ -78,7 +78,8 @@ def load_run(path: str | Path | None = None, *, which: str = "best", device: str
     """Rebuild a run's model from its checkpoint and its eval transform from its config. ``None`` (or the
     name of a shipped model, ``fer2013``) loads the model shipped with the package, its checksum checked;
     its outputs go to ``runs/shipped-<name>/``, never into the installed package."""
-    shipped = shipped_model(str(path) if path is not None else DEFAULT) if path is None or is_shipped_name(str(path)) else None
+    name = DEFAULT if path is None else str(path)
+    shipped = shipped_model(name) if path is None or is_shipped_name(name) else None
     if shipped is not None and which != "best":
         raise ShippedModelError(f"the shipped model {shipped.name} has only its best checkpoint; drop --checkpoint {which}")
     run = RunFolder.open(shipped.folder if shipped is not None else path)
